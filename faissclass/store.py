@@ -1,0 +1,1122 @@
+"""HDF5 shard store for embeddings: crash-safe, resumable writing and bounded-memory reading.
+
+Layout of a store directory (see DESIGN.md, "The store on disk")::
+
+    root/
+      store.json        manifest: format, dim, dtype, classes, metadata, provenance, shards
+      shard-00000.h5    datasets: embeddings (rows, dim) float16|float32, labels int64,
+      shard-00001.h5              ids int64, optional paths (utf-8 strings)
+
+A shard is written under ``<name>.partial`` and renamed when complete; the
+manifest is replaced atomically (temporary file + rename) after every shard. A
+writer killed at any moment therefore leaves a store that opens and holds every
+completed shard; the shard in progress is lost and a resumed writer rewrites it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._validation import (
+    StoreError,
+    check_embeddings,
+    check_int_vector,
+    check_str_sequence,
+    first_nonfinite_row,
+)
+
+try:  # POSIX advisory lock; absent on Windows, where the store is simply unlocked.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Batch", "EmbeddingStore", "ShardInfo", "ShardWriter", "StoreError"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "store.json"
+FORMAT_NAME = "faissclass.store"
+FORMAT_VERSION = 1
+DTYPES: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
+DEFAULT_SHARD_BYTES = 128 * 2**20
+_PARTIAL = ".partial"
+_LOCK_NAME = ".lock"
+_SHARD_RE = re.compile(r"^shard-\d{5}\.h5$")
+_COPY_ROWS = 65_536  # block size when copying or checksumming a shard
+
+
+class Batch(NamedTuple):
+    """Rows read from a store.
+
+    Attributes
+    ----------
+    embeddings : numpy.ndarray, shape (n, dim), float32 unless another dtype was asked for
+    labels : numpy.ndarray, shape (n,), int64 (-1 = unlabelled)
+    ids : numpy.ndarray, shape (n,), int64
+    paths : list of str or None
+        Source paths, when the store has them.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    paths: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One completed shard as recorded in the manifest."""
+
+    file: str
+    rows: int
+    bytes: int
+    checksum: dict[str, str]
+    id_min: int | None
+    id_max: int | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], manifest: Path) -> ShardInfo:
+        try:
+            return cls(
+                file=str(d["file"]),
+                rows=int(d["rows"]),
+                bytes=int(d["bytes"]),
+                checksum=dict(d["checksum"]),
+                id_min=None if d.get("id_min") is None else int(d["id_min"]),
+                id_max=None if d.get("id_max") is None else int(d["id_max"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{manifest}: malformed shard entry {d!r} ({exc})") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "checksum": self.checksum,
+            "id_min": self.id_min,
+            "id_max": self.id_max,
+        }
+
+
+# --------------------------------------------------------------------------- manifest I/O
+
+
+def _library_versions() -> dict[str, str]:
+    from . import __version__
+
+    return {
+        "faissclass": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.version.version,
+        "hdf5": h5py.version.hdf5_version,
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse O_RDONLY on dirs
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write_json(path: Path, obj: Any, *, fsync: bool) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    data = json.dumps(obj, indent=1, sort_keys=False).encode()
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def _json_roundtrip(obj: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(obj))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST_NAME
+    if not root.exists():
+        raise StoreError(f"{root}: no such store (the directory does not exist)")
+    if not root.is_dir():
+        raise StoreError(f"{root}: not a store (a store is a directory holding {MANIFEST_NAME})")
+    if not path.is_file():
+        raise StoreError(f"{root}: not a faissclass store (no {MANIFEST_NAME} in it)")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: unreadable manifest ({exc})") from exc
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        raise StoreError(f"{path}: not a faissclass store manifest (format={m.get('format')!r})"
+                         if isinstance(m, dict) else f"{path}: not a faissclass store manifest")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: store format version {m.get('format_version')!r}; this faissclass reads "
+            f"version {FORMAT_VERSION}"
+        )
+    for key in ("dim", "dtype", "shards", "shard_size"):
+        if key not in m:
+            raise StoreError(f"{path}: manifest lacks {key!r}")
+    if m["dtype"] not in DTYPES:
+        raise StoreError(f"{path}: unknown dtype {m['dtype']!r} (expected one of {list(DTYPES)})")
+    return m
+
+
+def _check_shard_files(root: Path, shards: Sequence[ShardInfo]) -> None:
+    """Cheap damage check: every shard exists with the size the manifest recorded."""
+    for s in shards:
+        p = root / s.file
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{p}: shard listed in {MANIFEST_NAME} is missing") from None
+        if size != s.bytes:
+            raise StoreError(
+                f"{p}: shard is {size} bytes, the manifest recorded {s.bytes} "
+                "(truncated or overwritten)"
+            )
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open shard ({exc})") from exc
+
+
+def _shard_datasets(f: h5py.File, path: Path, info: ShardInfo, dim: int, dtype: np.dtype,
+                    has_paths: bool) -> dict[str, h5py.Dataset]:
+    """The datasets of an open shard, checked against the manifest."""
+    want: dict[str, tuple[tuple[int, ...], np.dtype | None]] = {
+        "embeddings": ((info.rows, dim), dtype),
+        "labels": ((info.rows,), np.dtype(np.int64)),
+        "ids": ((info.rows,), np.dtype(np.int64)),
+    }
+    if has_paths:
+        want["paths"] = ((info.rows,), None)
+    out = {}
+    for name, (shape, dt) in want.items():
+        if name not in f:
+            raise StoreError(f"{path}: dataset {name!r} is missing")
+        ds = f[name]
+        if ds.shape != shape:
+            raise StoreError(
+                f"{path}: dataset {name!r} has shape {ds.shape}, the manifest says {shape}"
+            )
+        if dt is not None and ds.dtype != dt:
+            raise StoreError(f"{path}: dataset {name!r} has dtype {ds.dtype}, expected {dt}")
+        out[name] = ds
+    return out
+
+
+def _crc(buf: np.ndarray | bytes, value: int = 0) -> int:
+    return zlib.crc32(buf, value)
+
+
+def _paths_bytes(paths: Sequence[str]) -> bytes:
+    return b"".join(p.encode("utf-8") + b"\0" for p in paths)
+
+
+def _fmt_crc(v: int) -> str:
+    return f"crc32:{v:08x}"
+
+
+# --------------------------------------------------------------------------- id bookkeeping
+
+
+class _IdIndex:
+    """Set of stored ids: one sorted int64 array per finished shard plus a set for the open one.
+
+    Shards whose [min, max] range misses a query are skipped, so sequential
+    default ids cost one range test per shard.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[int, int, np.ndarray]] = []
+        self._open: set[int] = set()
+
+    def add_run(self, sorted_ids: np.ndarray) -> None:
+        if sorted_ids.size:
+            self._runs.append((int(sorted_ids[0]), int(sorted_ids[-1]), sorted_ids))
+
+    def add_open(self, ids: np.ndarray) -> None:
+        self._open.update(ids.tolist())
+
+    def close_open(self) -> np.ndarray:
+        run = np.fromiter(self._open, dtype=np.int64, count=len(self._open))
+        run.sort()
+        self._open = set()
+        self.add_run(run)
+        return run
+
+    def discard_open(self) -> None:
+        self._open = set()
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        found = np.zeros(ids.shape, dtype=bool)
+        if ids.size == 0:
+            return found
+        lo, hi = int(ids.min()), int(ids.max())
+        for rmin, rmax, run in self._runs:
+            if rmax < lo or rmin > hi:
+                continue
+            pos = np.searchsorted(run, ids)
+            pos[pos == run.size] = run.size - 1
+            found |= run[pos] == ids
+        if self._open:
+            found |= np.fromiter((i in self._open for i in ids.tolist()), dtype=bool,
+                                 count=ids.size)
+        return found
+
+    def all(self) -> np.ndarray:
+        parts = [r for _, _, r in self._runs]
+        if self._open:
+            parts.append(np.fromiter(self._open, dtype=np.int64, count=len(self._open)))
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return np.sort(np.concatenate(parts))
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class _OpenShard:
+    """The shard being filled: a ``.partial`` HDF5 file with preallocated datasets."""
+
+    def __init__(self, root: Path, index: int, *, capacity: int, dim: int, dtype: np.dtype,
+                 has_paths: bool) -> None:
+        self.name = f"shard-{index:05d}.h5"
+        self.final = root / self.name
+        self.tmp = root / (self.name + _PARTIAL)
+        self.capacity = capacity
+        self.rows = 0
+        self.crc = {"embeddings": 0, "labels": 0, "ids": 0}
+        if has_paths:
+            self.crc["paths"] = 0
+        self.file = h5py.File(self.tmp, "w")
+        # Contiguous, preallocated datasets: appends are plain hyperslab writes,
+        # as fast as writing one array. A final partial shard is copied to an
+        # exact-size file when it is closed.
+        self.ds = {
+            "embeddings": self.file.create_dataset("embeddings", (capacity, dim), dtype=dtype),
+            "labels": self.file.create_dataset("labels", (capacity,), dtype=np.int64),
+            "ids": self.file.create_dataset("ids", (capacity,), dtype=np.int64),
+        }
+        if has_paths:
+            self.ds["paths"] = self.file.create_dataset(
+                "paths", (capacity,), dtype=h5py.string_dtype("utf-8")
+            )
+
+    def write(self, pool: ThreadPoolExecutor, emb: np.ndarray, labels: np.ndarray,
+              ids: np.ndarray, paths: list[str] | None) -> None:
+        a, b = self.rows, self.rows + emb.shape[0]
+        # The embeddings checksum runs on the second core while h5py writes
+        # (both release the GIL); the caller's buffer is not touched after return.
+        fut = pool.submit(_crc, emb, self.crc["embeddings"])
+        try:
+            self.ds["embeddings"][a:b] = emb
+            self.ds["labels"][a:b] = labels
+            self.ds["ids"][a:b] = ids
+            crc = dict(self.crc)
+            crc["labels"] = _crc(labels, crc["labels"])
+            crc["ids"] = _crc(ids, crc["ids"])
+            if paths is not None:
+                self.ds["paths"][a:b] = np.array(paths, dtype=object)
+                crc["paths"] = _crc(_paths_bytes(paths), crc["paths"])
+        finally:
+            crc_emb = fut.result()
+        crc["embeddings"] = crc_emb
+        self.crc = crc
+        self.rows = b
+
+    def finish(self, *, fsync: bool) -> tuple[Path, int]:
+        """Close, trim to the rows written, rename into place; returns (path, bytes)."""
+        if self.rows < self.capacity:
+            trimmed = self.tmp.with_name(self.tmp.name + ".trim")
+            with h5py.File(trimmed, "w") as out:
+                for name, src in self.ds.items():
+                    dst = out.create_dataset(name, (self.rows, *src.shape[1:]), dtype=src.dtype)
+                    for i in range(0, self.rows, _COPY_ROWS):
+                        j = min(i + _COPY_ROWS, self.rows)
+                        dst[i:j] = src[i:j]
+            self.file.close()
+            os.replace(trimmed, self.tmp)
+        else:
+            self.file.close()
+        if fsync:
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(self.tmp, self.final)
+        if fsync:
+            _fsync_dir(self.final.parent)
+        return self.final, self.final.stat().st_size
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.file.close()
+        for p in (self.tmp, self.tmp.with_name(self.tmp.name + ".trim")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+class ShardWriter:
+    """Append embeddings to a store on disk, in any batch sizes; atomic and resumable.
+
+    Parameters
+    ----------
+    root : str or Path
+        Store directory. Created if absent. If it already holds a store, the
+        writer resumes it: appends continue after the last complete shard.
+    dim : int
+        Embedding width.
+    dtype : {"float16", "float32"}
+        On-disk dtype of the embeddings. Input of any float dtype is cast to it.
+    shard_size : int, optional
+        Rows per shard; default: as many rows as fit in 128 MiB of embeddings.
+    classes : sequence of str or int, optional
+        Class names; labels are then indices into it (``-1`` = unlabelled).
+    metadata : dict, optional
+        Caller's provenance (model, transform, dataset...), JSON-serialisable.
+        Stored in the manifest with library versions and creation time.
+    normalized : bool
+        Declares the embeddings L2-normalised; every appended row is checked
+        (|norm - 1| <= 1e-2) and the flag is recorded in the manifest.
+    fsync : bool
+        fsync each finished shard and the manifest, so a completed shard also
+        survives a power loss. Off, a killed process still loses nothing finished.
+
+    Raises
+    ------
+    ValueError
+        Resuming a store with another dim, dtype, class list, normalisation or
+        metadata; a non-empty directory that is not a store.
+    StoreError
+        The existing store is damaged, or another writer holds it.
+
+    Notes
+    -----
+    Default ids are global row numbers. ``stored_ids()`` / ``contains(ids)``
+    tell a resumed run which items are done, so it can skip them.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        dim: int,
+        dtype: str = "float16",
+        shard_size: int | None = None,
+        classes: Sequence[str | int] | None = None,
+        metadata: dict[str, Any] | None = None,
+        normalized: bool = False,
+        fsync: bool = True,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise ValueError(f"dim must be a positive int; got {dim!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
+        self.root = Path(root)
+        self.dim = int(dim)
+        self.dtype = str(dtype)
+        self._np_dtype = np.dtype(DTYPES[dtype])
+        if shard_size is None:
+            shard_size = max(1024, DEFAULT_SHARD_BYTES // (self.dim * self._np_dtype.itemsize))
+        if isinstance(shard_size, bool) or not isinstance(shard_size, int | np.integer) \
+                or shard_size < 1:
+            raise ValueError(f"shard_size must be a positive int; got {shard_size!r}")
+        self.shard_size = int(shard_size)
+        self.normalized = bool(normalized)
+        self._fsync = bool(fsync)
+        classes_list = None if classes is None else _check_classes(classes)
+        meta = {} if metadata is None else _json_roundtrip(dict(metadata), "metadata")
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _acquire_lock(self.root)
+        self._closed = False
+        self._rows_open = 0
+        self._shard: _OpenShard | None = None
+        self._ids = _IdIndex()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="faissclass-crc")
+        try:
+            if (self.root / MANIFEST_NAME).exists():
+                self._manifest = _read_manifest(self.root)
+                self._check_resume(classes_list, meta)
+                self._clean_stale()
+                self._load_ids()
+            else:
+                self._check_empty_dir()
+                self._manifest = {
+                    "format": FORMAT_NAME,
+                    "format_version": FORMAT_VERSION,
+                    "dim": self.dim,
+                    "dtype": self.dtype,
+                    "normalized": self.normalized,
+                    "classes": classes_list,
+                    "has_paths": None,
+                    "shard_size": self.shard_size,
+                    "rows": 0,
+                    "metadata": meta,
+                    "provenance": {"created": _now(), "updated": _now(),
+                                   "versions": _library_versions()},
+                    "shards": [],
+                }
+                self._clean_stale()
+                self._write_manifest()
+        except BaseException:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------ resume
+
+    def _check_resume(self, classes: list[Any] | None, meta: dict[str, Any]) -> None:
+        m, path = self._manifest, self.root / MANIFEST_NAME
+        diffs = []
+        if m["dim"] != self.dim:
+            diffs.append(f"dim {m['dim']} (asked {self.dim})")
+        if m["dtype"] != self.dtype:
+            diffs.append(f"dtype {m['dtype']} (asked {self.dtype})")
+        if m.get("classes") != classes:
+            diffs.append(f"classes {_short(m.get('classes'))} (asked {_short(classes)})")
+        if bool(m.get("normalized")) != self.normalized:
+            diffs.append(f"normalized={m.get('normalized')} (asked {self.normalized})")
+        if meta and m.get("metadata", {}) != meta:
+            keys = sorted(set(meta) ^ set(m.get("metadata", {}))
+                          | {k for k in meta if m.get("metadata", {}).get(k) != meta[k]})
+            diffs.append(f"metadata differing in keys {keys}")
+        if diffs:
+            raise ValueError(
+                f"cannot resume {path}: the store has " + "; ".join(diffs)
+                + ". Write to a new directory, or pass the store's own settings."
+            )
+        self._manifest["shard_size"] = self.shard_size
+
+    def _clean_stale(self) -> None:
+        listed = {s["file"] for s in self._manifest["shards"]}
+        for p in self.root.iterdir():
+            if p.name.endswith((_PARTIAL, _PARTIAL + ".trim")) or p.name == MANIFEST_NAME + ".tmp":
+                log.info("removing %s left by an interrupted writer", p)
+                p.unlink()
+            elif _SHARD_RE.match(p.name) and p.name not in listed:
+                # Renamed into place but the manifest update never happened:
+                # unverifiable, so it is rewritten by the resumed run.
+                log.warning("removing %s: complete shard missing from the manifest", p)
+                p.unlink()
+
+    def _check_empty_dir(self) -> None:
+        foreign = [p.name for p in self.root.iterdir()
+                   if p.name != _LOCK_NAME and not p.name.endswith((_PARTIAL, ".trim", ".tmp"))
+                   and not _SHARD_RE.match(p.name)]
+        if foreign:
+            raise ValueError(
+                f"{self.root} is not empty and not a faissclass store (holds {foreign[:3]}); "
+                "refusing to write into it. Pick a new or empty directory."
+            )
+
+    def _load_ids(self) -> None:
+        shards = [ShardInfo.from_json(s, self.root / MANIFEST_NAME)
+                  for s in self._manifest["shards"]]
+        _check_shard_files(self.root, shards)
+        has_paths = bool(self._manifest.get("has_paths"))
+        for s in shards:
+            p = self.root / s.file
+            with _open_h5(p) as f:
+                ds = _shard_datasets(f, p, s, self.dim, self._np_dtype, has_paths)
+                ids = ds["ids"][:]
+            ids.sort()
+            self._ids.add_run(ids)
+
+    # ------------------------------------------------------------------ properties
+
+    def __len__(self) -> int:
+        """Rows appended so far, including the shard in progress."""
+        return int(self._manifest["rows"]) + self._rows_open
+
+    @property
+    def classes(self) -> list[Any] | None:
+        c = self._manifest.get("classes")
+        return None if c is None else list(c)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._manifest.get("metadata", {})))
+
+    def stored_ids(self) -> np.ndarray:
+        """Sorted int64 ids of every row appended so far (completed or in progress)."""
+        return self._ids.all()
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """Boolean mask: which of ``ids`` (int, shape (n,)) are already stored."""
+        arr = np.atleast_1d(np.asarray(ids))
+        return self._ids.contains(check_int_vector(arr, n=arr.shape[0], name="ids"))
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, embeddings: Any, labels: Any, ids: Any = None,
+               paths: Sequence[str] | None = None) -> None:
+        """Append rows. All checks run before anything is written: a rejected batch
+        leaves the store as it was.
+
+        Parameters
+        ----------
+        embeddings : array_like, shape (n, dim), floating point
+        labels : array_like, shape (n,), int
+            Indices into ``classes`` when the store has classes; ``-1`` = unlabelled.
+        ids : array_like, shape (n,), int, optional
+            Unique within the store; default: the global row numbers.
+        paths : sequence of str, optional
+            Source of each row. Either every append passes paths or none does.
+        """
+        if self._closed:
+            raise ValueError(f"ShardWriter for {self.root} is closed")
+        emb = check_embeddings(embeddings, dim=self.dim, dtype=self._np_dtype)
+        n = emb.shape[0]
+        lab = check_int_vector(labels, n=n, name="labels")
+        self._check_labels(lab)
+        bad = first_nonfinite_row(emb)
+        if bad is not None:
+            src = np.asarray(embeddings)[bad]
+            why = (f"overflows {self.dtype} (largest |value| {np.abs(src).max():.4g})"
+                   if np.all(np.isfinite(src)) else "holds NaN or inf")
+            raise ValueError(f"embeddings row {bad} of this batch {why}; nothing was written")
+        if self.normalized and n:
+            norms = np.linalg.norm(emb.astype(np.float32, copy=False), axis=1)
+            off = np.flatnonzero(np.abs(norms - 1.0) > 1e-2)
+            if off.size:
+                raise ValueError(
+                    f"embeddings row {int(off[0])} has L2 norm {norms[off[0]]:.4g} but the store "
+                    "is declared normalized=True; normalise the rows first"
+                )
+        if ids is None:
+            idv = np.arange(len(self), len(self) + n, dtype=np.int64)
+        else:
+            idv = check_int_vector(ids, n=n, name="ids")
+        self._check_new_ids(idv)
+        plist = self._check_paths(paths, n)
+        if n == 0:
+            return
+        off = 0
+        while off < n:
+            if self._shard is None:
+                self._shard = _OpenShard(
+                    self.root, len(self._manifest["shards"]), capacity=self.shard_size,
+                    dim=self.dim, dtype=self._np_dtype,
+                    has_paths=bool(self._manifest["has_paths"]),
+                )
+            take = min(n - off, self._shard.capacity - self._shard.rows)
+            sl = slice(off, off + take)
+            self._shard.write(self._pool, emb[sl], lab[sl], idv[sl],
+                              None if plist is None else plist[sl])
+            self._ids.add_open(idv[sl])
+            self._rows_open = self._shard.rows
+            off += take
+            if self._shard.rows == self._shard.capacity:
+                self._finish_shard()
+
+    def _check_labels(self, lab: np.ndarray) -> None:
+        if lab.size == 0:
+            return
+        lo, hi = int(lab.min()), int(lab.max())
+        classes = self._manifest.get("classes")
+        if lo < -1:
+            raise ValueError(f"labels must be >= 0 (or -1 for unlabelled); got {lo}")
+        if classes is not None and hi >= len(classes):
+            raise ValueError(
+                f"label {hi} is outside classes (the store has {len(classes)} classes, "
+                f"labels 0..{len(classes) - 1})"
+            )
+
+    def _check_new_ids(self, idv: np.ndarray) -> None:
+        if idv.size > 1:
+            s = np.sort(idv)
+            dup = np.flatnonzero(s[1:] == s[:-1])
+            if dup.size:
+                raise ValueError(f"id {int(s[dup[0]])} appears twice in this batch; ids must be "
+                                 "unique within a store")
+        hit = self._ids.contains(idv)
+        if hit.any():
+            i = int(np.flatnonzero(hit)[0])
+            raise ValueError(
+                f"id {int(idv[i])} (row {i} of this batch) is already stored in {self.root}; "
+                "use contains(ids) to skip finished rows"
+            )
+
+    def _check_paths(self, paths: Sequence[str] | None, n: int) -> list[str] | None:
+        has = self._manifest.get("has_paths")
+        given = paths is not None
+        if has is None:
+            if n == 0:
+                return None if paths is None else check_str_sequence(paths, n=0, name="paths")
+            self._manifest["has_paths"] = given
+        elif has and not given:
+            raise ValueError("this store records paths: pass paths= with every append")
+        elif given and not has:
+            raise ValueError("this store was started without paths: omit paths= "
+                             "(or write to a new store)")
+        return None if paths is None else check_str_sequence(paths, n=n, name="paths")
+
+    def _finish_shard(self) -> None:
+        shard = self._shard
+        assert shard is not None
+        rows = shard.rows
+        try:
+            path, size = shard.finish(fsync=self._fsync)
+        except BaseException:
+            shard.discard()
+            raise
+        finally:
+            self._shard = None
+            self._rows_open = 0
+        ids = self._ids.close_open()
+        self._manifest["shards"].append(ShardInfo(
+            file=shard.name, rows=rows, bytes=size,
+            checksum={k: _fmt_crc(v) for k, v in shard.crc.items()},
+            id_min=int(ids[0]) if ids.size else None,
+            id_max=int(ids[-1]) if ids.size else None,
+        ).to_json())
+        self._manifest["rows"] = int(self._manifest["rows"]) + rows
+        self._write_manifest()
+        log.debug("finished %s (%d rows)", path, rows)
+
+    def _write_manifest(self) -> None:
+        self._manifest["provenance"]["updated"] = _now()
+        _atomic_write_json(self.root / MANIFEST_NAME, self._manifest, fsync=self._fsync)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Finish the shard in progress (if any rows), write the manifest, release the lock."""
+        if self._closed:
+            return
+        try:
+            if self._shard is not None:
+                if self._shard.rows:
+                    self._finish_shard()
+                else:
+                    self._shard.discard()
+                    self._shard = None
+            self._write_manifest()
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Drop the shard in progress; completed shards stay. Releases the lock."""
+        if self._closed:
+            return
+        if self._shard is not None:
+            self._shard.discard()
+            self._shard = None
+            self._ids.discard_open()
+            self._rows_open = 0
+        self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The rows appended before the error passed every check: keep them, so
+        # a rerun resumes after them. If even that fails, drop the open shard.
+        try:
+            self.close()
+        except Exception:
+            self.abort()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (f"ShardWriter({str(self.root)!r}, dim={self.dim}, dtype={self.dtype!r}, "
+                f"rows={len(self)}, {state})")
+
+
+def _check_classes(classes: Sequence[Any]) -> list[Any]:
+    if isinstance(classes, str | bytes):
+        raise TypeError("classes must be a sequence of names, not a single string")
+    out = list(classes)
+    for c in out:
+        if isinstance(c, bool) or not isinstance(c, str | int | np.integer):
+            raise TypeError(f"class names must be str or int; got {c!r} ({type(c).__name__})")
+    out = [int(c) if isinstance(c, np.integer) else c for c in out]
+    if len(set(out)) != len(out):
+        seen: set[Any] = set()
+        dup = next(c for c in out if c in seen or seen.add(c))  # type: ignore[func-returns-value]
+        raise ValueError(f"classes must be unique; {dup!r} appears twice")
+    return out
+
+
+def _short(x: Any, n: int = 4) -> str:
+    if isinstance(x, list) and len(x) > n:
+        return f"[{', '.join(map(repr, x[:n]))}, ... ({len(x)} in all)]"
+    return repr(x)
+
+
+def _acquire_lock(root: Path) -> int | None:
+    if fcntl is None:  # pragma: no cover
+        return None
+    fd = os.open(root / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(f"{root}: another ShardWriter has this store open") from None
+    return fd
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class EmbeddingStore:
+    """Read-only view of a store written by :class:`ShardWriter`.
+
+    Opening reads the manifest and checks that every shard exists with the
+    recorded size; data is read lazily. ``verify()`` checks every checksum.
+
+    Parameters
+    ----------
+    root : str or Path
+        Store directory.
+
+    Raises
+    ------
+    StoreError
+        Not a store, or a shard is missing or truncated (the message names the file).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._manifest = _read_manifest(self.root)
+        mpath = self.root / MANIFEST_NAME
+        self._shards = tuple(ShardInfo.from_json(s, mpath) for s in self._manifest["shards"])
+        total = sum(s.rows for s in self._shards)
+        if total != self._manifest.get("rows", total):
+            raise StoreError(f"{mpath}: rows={self._manifest['rows']} but the shards hold {total}")
+        _check_shard_files(self.root, self._shards)
+        self._offsets = np.concatenate([[0], np.cumsum([s.rows for s in self._shards])]).astype(
+            np.int64)
+        self._np_dtype = np.dtype(DTYPES[self._manifest["dtype"]])
+
+    # ------------------------------------------------------------------ description
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def dtype(self) -> str:
+        """On-disk embedding dtype, "float16" or "float32"."""
+        return str(self._manifest["dtype"])
+
+    @property
+    def classes(self) -> list[Any] | None:
+        c = self._manifest.get("classes")
+        return None if c is None else list(c)
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self._manifest.get("normalized"))
+
+    @property
+    def has_paths(self) -> bool:
+        return bool(self._manifest.get("has_paths"))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The caller's metadata (a copy)."""
+        return json.loads(json.dumps(self._manifest.get("metadata", {})))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Creation/update times and library versions (a copy)."""
+        return json.loads(json.dumps(self._manifest.get("provenance", {})))
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return self._shards
+
+    def __repr__(self) -> str:
+        return (f"EmbeddingStore({str(self.root)!r}, rows={len(self)}, dim={self.dim}, "
+                f"dtype={self.dtype!r}, shards={len(self._shards)})")
+
+    # ------------------------------------------------------------------ reading
+
+    def _datasets(self, f: h5py.File, i: int) -> dict[str, h5py.Dataset]:
+        return _shard_datasets(f, self.root / self._shards[i].file, self._shards[i], self.dim,
+                               self._np_dtype, self.has_paths)
+
+    def row_range(self, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+        """Global rows [start, stop) that ``rank`` of ``world_size`` reads: contiguous,
+        disjoint, covering every row once, sizes differing by at most one."""
+        if isinstance(world_size, bool) or not isinstance(world_size, int | np.integer) \
+                or world_size < 1:
+            raise ValueError(f"world_size must be a positive int; got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer) \
+                or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}); got {rank!r}")
+        n = len(self)
+        return n * int(rank) // int(world_size), n * (int(rank) + 1) // int(world_size)
+
+    def iter_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                     dtype: Any = np.float32, progress: bool = False) -> Iterator[Batch]:
+        """Yield consecutive batches across shard boundaries.
+
+        Memory is bounded by one batch (plus one batch-sized read buffer when
+        the on-disk dtype differs from ``dtype``), not by the store.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per batch; the last batch may be smaller.
+        rank, world_size : int
+            Read only this rank's contiguous slice (see :meth:`row_range`).
+        dtype : numpy dtype or None
+            Embedding dtype of the batches; None keeps the on-disk dtype.
+        progress : bool
+            Show a tqdm bar over rows.
+
+        Yields
+        ------
+        Batch
+            ``embeddings`` (b, dim), ``labels`` (b,) int64, ``ids`` (b,) int64, ``paths``.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        start, stop = self.row_range(rank, world_size)
+        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        with tqdm(total=stop - start, unit="row", unit_scale=True, disable=not progress,
+                  desc=f"reading {self.root.name}") as bar, _ShardCursor(self) as cur:
+            for a in range(start, stop, int(batch_size)):
+                b = min(a + int(batch_size), stop)
+                yield cur.read(a, b, out_dtype)
+                bar.update(b - a)
+
+    def load(self, *, dtype: Any = np.float32, progress: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row in memory.
+
+        Returns
+        -------
+        X : numpy.ndarray, shape (n, dim), ``dtype`` (float32 by default; None = on-disk)
+        y : numpy.ndarray, shape (n,), int64
+        ids : numpy.ndarray, shape (n,), int64
+        """
+        n = len(self)
+        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        with _ShardCursor(self) as cur:
+            batch = cur.read(0, n, out_dtype, with_paths=False, progress=progress)
+        return batch.embeddings, batch.labels, batch.ids
+
+    def take(self, rows: Any, *, dtype: Any = np.float32) -> Batch:
+        """Random access by global row number, in the order given (repeats allowed).
+
+        Parameters
+        ----------
+        rows : array_like of int, shape (m,)
+            Row numbers in [0, len(store)).
+        """
+        r = np.asarray(rows)
+        if r.ndim != 1:
+            raise ValueError(f"rows must be 1-D; got shape {r.shape}")
+        r = check_int_vector(r, n=r.shape[0], name="rows")
+        n = len(self)
+        if r.size and (r.min() < 0 or r.max() >= n):
+            badv = int(r[(r < 0) | (r >= n)][0])
+            raise IndexError(f"row {badv} is out of range for a store of {n} rows")
+        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        uniq, inverse = np.unique(r, return_inverse=True)
+        emb = np.empty((uniq.size, self.dim), dtype=out_dtype)
+        lab = np.empty(uniq.size, dtype=np.int64)
+        ids = np.empty(uniq.size, dtype=np.int64)
+        paths: list[str] | None = [""] * uniq.size if self.has_paths else None
+        shard_of = np.searchsorted(self._offsets, uniq, side="right") - 1
+        for s in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == s)
+            local = uniq[sel] - self._offsets[s]
+            path = self.root / self._shards[s].file
+            with _open_h5(path) as f:
+                ds = self._datasets(f, int(s))
+                lo, hi = int(local[0]), int(local[-1]) + 1
+                if hi - lo <= max(4 * local.size, 4096):  # dense: one slice read
+                    idx = local - lo
+                    def get(d: h5py.Dataset, idx: np.ndarray = idx, lo: int = lo,
+                            hi: int = hi) -> np.ndarray:
+                        return d[lo:hi][idx]
+                else:  # sparse: h5py point selection (indices must increase)
+                    def get(d: h5py.Dataset, local: np.ndarray = local) -> np.ndarray:
+                        return d[local]
+                try:
+                    emb[sel] = get(ds["embeddings"])
+                    lab[sel] = get(ds["labels"])
+                    ids[sel] = get(ds["ids"])
+                    if paths is not None:
+                        for j, p in zip(sel.tolist(), get(ds["paths"].asstr()), strict=True):
+                            paths[j] = p
+                except OSError as exc:
+                    raise StoreError(f"{path}: read failed ({exc})") from exc
+        return Batch(
+            emb[inverse], lab[inverse], ids[inverse],
+            None if paths is None else [paths[i] for i in inverse.tolist()],
+        )
+
+    # ------------------------------------------------------------------ integrity
+
+    def verify(self, *, progress: bool = False) -> None:
+        """Check every shard: opens, shapes and dtypes match the manifest, checksums
+        match, ids unique across the store.
+
+        Raises
+        ------
+        StoreError
+            Naming the first damaged file.
+        """
+        all_ids = []
+        rows_total = int(self._offsets[-1])
+        with tqdm(total=rows_total, unit="row", unit_scale=True, disable=not progress,
+                  desc=f"verifying {self.root.name}") as bar:
+            for i, info in enumerate(self._shards):
+                path = self.root / info.file
+                with _open_h5(path) as f:
+                    ds = self._datasets(f, i)
+                    crc = dict.fromkeys(ds, 0)
+                    try:
+                        for a in range(0, info.rows, _COPY_ROWS):
+                            b = min(a + _COPY_ROWS, info.rows)
+                            for name, d in ds.items():
+                                if name == "paths":
+                                    block = d.asstr()[a:b]
+                                    crc[name] = _crc(_paths_bytes(block.tolist()), crc[name])
+                                else:
+                                    crc[name] = _crc(np.ascontiguousarray(d[a:b]), crc[name])
+                            bar.update(b - a)
+                        ids = ds["ids"][:]
+                    except OSError as exc:
+                        raise StoreError(f"{path}: read failed ({exc})") from exc
+                for name, v in crc.items():
+                    want = info.checksum.get(name)
+                    if want != _fmt_crc(v):
+                        raise StoreError(
+                            f"{path}: checksum of {name!r} is {_fmt_crc(v)}, the manifest "
+                            f"recorded {want} (the shard is damaged)"
+                        )
+                all_ids.append(ids)
+        if all_ids:
+            s = np.sort(np.concatenate(all_ids))
+            dup = np.flatnonzero(s[1:] == s[:-1])
+            if dup.size:
+                raise StoreError(f"{self.root}: id {int(s[dup[0]])} is stored more than once")
+
+
+class _ShardCursor:
+    """Reads global row ranges, keeping at most one shard file open."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+        self._i: int | None = None
+        self._f: h5py.File | None = None
+        self._ds: dict[str, h5py.Dataset] = {}
+
+    def __enter__(self) -> _ShardCursor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def _select(self, i: int) -> dict[str, h5py.Dataset]:
+        if self._i != i:
+            if self._f is not None:
+                self._f.close()
+            path = self.store.root / self.store.shards[i].file
+            self._f = _open_h5(path)
+            self._i = i
+            self._ds = self.store._datasets(self._f, i)
+        return self._ds
+
+    def read(self, a: int, b: int, dtype: np.dtype, *, with_paths: bool = True,
+             progress: bool = False) -> Batch:
+        st = self.store
+        n = b - a
+        emb = np.empty((n, st.dim), dtype=dtype)
+        lab = np.empty(n, dtype=np.int64)
+        ids = np.empty(n, dtype=np.int64)
+        paths: list[str] | None = [] if (with_paths and st.has_paths) else None
+        same = dtype == st._np_dtype
+        buf: np.ndarray | None = None
+        offsets = st._offsets
+        i = int(np.searchsorted(offsets, a, side="right") - 1)
+        pos = a
+        with tqdm(total=n, unit="row", unit_scale=True, disable=not progress,
+                  desc=f"loading {st.root.name}") as bar:
+            while pos < b:
+                ds = self._select(i)
+                lo = pos - int(offsets[i])
+                hi = min(b, int(offsets[i + 1])) - int(offsets[i])
+                # Within a shard, read in blocks so a dtype conversion needs only
+                # a block-sized buffer.
+                for j in range(lo, hi, _COPY_ROWS):
+                    k = min(j + _COPY_ROWS, hi)
+                    o = pos - a + (j - lo)
+                    dst = np.s_[o:o + k - j]
+                    src = np.s_[j:k]
+                    try:
+                        if same:
+                            ds["embeddings"].read_direct(emb, src, dst)
+                        else:
+                            if buf is None:
+                                buf = np.empty((min(_COPY_ROWS, n), st.dim), st._np_dtype)
+                            ds["embeddings"].read_direct(buf, src, np.s_[0:k - j])
+                            emb[dst] = buf[:k - j]
+                        ds["labels"].read_direct(lab, src, dst)
+                        ds["ids"].read_direct(ids, src, dst)
+                        if paths is not None:
+                            paths.extend(ds["paths"].asstr()[j:k].tolist())
+                    except OSError as exc:
+                        raise StoreError(
+                            f"{st.root / st.shards[i].file}: read failed ({exc})") from exc
+                    bar.update(k - j)
+                pos += hi - lo
+                i += 1
+        return Batch(emb, lab, ids, paths)

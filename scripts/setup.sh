@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install faissclass with the extras given as arguments
+# (default: dev). Idempotent: reinstalls only when pyproject.toml changes.
+# Usage: source-free; prints nothing on a no-op. Called by test.sh and demo.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-dev}"
+py="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip
+fi
+stamp=".venv/.faissclass-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    .venv/bin/python -m pip install -q -e ".[$extras]"
+    touch "$stamp"
+fi
