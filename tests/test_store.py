@@ -62,7 +62,7 @@ def test_manifest_records_settings_metadata_and_versions(tmp_path, rng):
     assert prov["created"].startswith("20")
     raw = json.loads((tmp_path / "s" / MANIFEST_NAME).read_text())
     assert raw["shards"][0]["file"] == "shard-00000.h5"
-    assert raw["shards"][0]["checksum"]["embeddings"].startswith("crc32:")
+    assert raw["shards"][0]["checksum"]["embeddings"].startswith("xxh3_64:")
 
 
 def test_paths_and_explicit_ids_round_trip(tmp_path, rng):
@@ -104,9 +104,9 @@ def test_shards_roll_every_shard_size_rows(tmp_path, rng):
     store.verify()
 
 
-def test_default_shard_size_is_about_128_mib(tmp_path):
+def test_default_shard_size_is_64_mib_of_embeddings(tmp_path):
     with fc.ShardWriter(tmp_path / "a", dim=384, dtype="float16", fsync=False) as w:
-        assert w.shard_size == 128 * 2**20 // (384 * 2)
+        assert w.shard_size == 64 * 2**20 // (384 * 2)
 
 
 def test_empty_store_opens(tmp_path):

@@ -187,7 +187,7 @@ def test_corrupted_bytes_fail_verify(store_dir):
     p.write_bytes(bytes(raw))
     store = fc.EmbeddingStore(store_dir)  # size unchanged: opening succeeds
     with pytest.raises(fc.StoreError,
-                       match=r"shard-00001\.h5: checksum of 'embeddings' is crc32:.*damaged"):
+                       match=r"shard-00001\.h5: checksum of 'embeddings' is xxh3_64:.*damaged"):
         store.verify()
 
 
@@ -226,12 +226,12 @@ def test_duplicate_ids_across_shards_fail_verify(store_dir):
     with h5py.File(p, "a") as f:
         f["ids"][0] = 5  # also stored in shard 0
     # Keep the checksum consistent so that only the id check can catch it.
-    import zlib
+    import xxhash
     with h5py.File(p) as f:
-        crc = zlib.crc32(f["ids"][:])
+        h = xxhash.xxh3_64(f["ids"][:]).hexdigest()
     m = store_dir / MANIFEST_NAME
     d = json.loads(m.read_text())
-    d["shards"][1]["checksum"]["ids"] = f"crc32:{crc:08x}"
+    d["shards"][1]["checksum"]["ids"] = f"xxh3_64:{h}"
     m.write_text(json.dumps(d))
     with pytest.raises(fc.StoreError, match="id 5 is stored more than once"):
         fc.EmbeddingStore(store_dir).verify()
