@@ -208,7 +208,7 @@ def _check_shard_files(root: Path, shards: Sequence[ShardInfo]) -> None:
 
 def _open_h5(path: Path) -> h5py.File:
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", rdcc_nbytes=0)
     except OSError as exc:
         raise StoreError(f"{path}: cannot open shard ({exc})") from exc
 
@@ -351,8 +351,78 @@ class _IdIndex:
 # --------------------------------------------------------------------------- writer
 
 
+class _Column:
+    """One numeric dataset of the open shard, written a whole HDF5 chunk at a time.
+
+    Full chunks go straight from the caller's array to the file with
+    ``write_direct_chunk`` (no HDF5 conversion or cache; as fast as writing one
+    contiguous array); the rows of a partial chunk wait in ``stage``. Invariant:
+    rows [floor(rows / C) * C, rows) of the committed rows are in ``stage``.
+    Chunked datasets shrink to the exact row count at close, without a copy.
+    """
+
+    def __init__(self, ds: h5py.Dataset, chunk_rows: int) -> None:
+        self.ds = ds
+        self.C = chunk_rows
+        self.stage = np.empty((chunk_rows, *ds.shape[1:]), ds.dtype)
+        self._tail = (0,) * (ds.ndim - 1)
+        self._flushed = False  # a chunk reached the file since the last commit
+
+    def _put(self, row: int, chunk: np.ndarray) -> None:
+        self.ds.id.write_direct_chunk((row, *self._tail), np.ascontiguousarray(chunk))
+
+    def write(self, start: int, data: np.ndarray) -> None:
+        """Write ``data`` as rows start, start + 1, ... (``start`` = committed rows)."""
+        C, pos, i, k = self.C, start, 0, len(data)
+        while i < k:
+            off = pos % C
+            if off == 0 and k - i >= C:
+                n = (k - i) // C * C
+                for c in range(0, n, C):
+                    self._put(pos + c, data[i + c:i + c + C])
+                self._flushed = True
+            else:
+                n = min(C - off, k - i)
+                self.stage[off:off + n] = data[i:i + n]
+                if off + n == C:
+                    self._put(pos - off, self.stage)
+                    self._flushed = True
+            pos += n
+            i += n
+
+    def commit(self) -> None:
+        self._flushed = False
+
+    def rollback(self, rows: int) -> None:
+        """Forget uncommitted writes: restore the committed part of the partial chunk."""
+        a = rows - rows % self.C
+        if self._flushed and rows > a:
+            self.ds.read_direct(self.stage, np.s_[a:rows], np.s_[0:rows - a])
+        self._flushed = False
+
+    def finish(self, rows: int) -> None:
+        a = rows - rows % self.C
+        if rows > a:
+            self.stage[rows - a:] = 0  # deterministic padding in the last chunk
+            self._put(a, self.stage)
+        self.ds.resize(rows, axis=0)
+
+
+# HDF5 chunk sizes: each direct chunk write costs a fixed overhead, so chunks are
+# large (about 4 MiB of embeddings; labels and ids at least 64 Ki rows).
+_CHUNK_BYTES = 4 * 2**20
+_MIN_CHUNK_ROWS = 65_536
+
+
+def _even_chunk(capacity: int, target: int) -> int:
+    """Chunk rows near ``target`` that split ``capacity`` into equal chunks, so a
+    full shard ends on a full chunk."""
+    n = -(-capacity // max(1, min(target, capacity)))
+    return -(-capacity // n)
+
+
 class _OpenShard:
-    """The shard being filled: a ``.partial`` HDF5 file with preallocated datasets."""
+    """The shard being filled: a ``.partial`` HDF5 file, renamed when complete."""
 
     def __init__(self, root: Path, index: int, *, capacity: int, dim: int, dtype: np.dtype,
                  has_paths: bool) -> None:
@@ -364,39 +434,42 @@ class _OpenShard:
         names = ("embeddings", "labels", "ids", "paths") if has_paths else (
             "embeddings", "labels", "ids")
         self.hash = {name: _hasher() for name in names}
+        c_emb = _even_chunk(capacity, max(1, _CHUNK_BYTES // (dim * dtype.itemsize)))
+        c_int = _even_chunk(capacity, max(c_emb, _MIN_CHUNK_ROWS))
         self.file = h5py.File(self.tmp, "w")
-        # Contiguous, preallocated datasets: appends are plain hyperslab writes,
-        # as fast as writing one array. A final partial shard is copied to an
-        # exact-size file when it is closed.
-        self.ds = {
-            "embeddings": self.file.create_dataset("embeddings", (capacity, dim), dtype=dtype),
-            "labels": self.file.create_dataset("labels", (capacity,), dtype=np.int64),
-            "ids": self.file.create_dataset("ids", (capacity,), dtype=np.int64),
+
+        def column(name: str, row: tuple[int, ...], dt: Any, c: int) -> h5py.Dataset:
+            return self.file.create_dataset(name, (capacity, *row), dtype=dt,
+                                            maxshape=(None, *row), chunks=(c, *row))
+
+        # On-disk byte order is little-endian; direct chunk writes copy bytes as-is.
+        self.cols = {
+            "embeddings": _Column(
+                column("embeddings", (dim,), dtype.newbyteorder("<"), c_emb), c_emb),
+            "labels": _Column(column("labels", (), "<i8", c_int), c_int),
+            "ids": _Column(column("ids", (), "<i8", c_int), c_int),
         }
-        if has_paths:
-            self.ds["paths"] = self.file.create_dataset(
-                "paths", (capacity,), dtype=h5py.string_dtype("utf-8")
-            )
+        self.paths = (column("paths", (), h5py.string_dtype("utf-8"), min(capacity, 4096))
+                      if has_paths else None)
 
     def write(self, pool: ThreadPoolExecutor, emb: np.ndarray, labels: np.ndarray,
               ids: np.ndarray, paths: list[str] | None) -> dict[str, xxhash.xxh3_64]:
         """Write rows after the committed ones; returns the staged checksums.
 
-        Nothing counts until :meth:`commit`: rows written but not committed are
-        overwritten by the next write, or dropped when the shard is trimmed.
+        Nothing counts until :meth:`commit`; :meth:`rollback` forgets the write.
         """
-        a, b = self.rows, self.rows + emb.shape[0]
+        a = self.rows
         # The embeddings hash runs on the worker while h5py writes (both release
         # the GIL); the caller's buffer is not used after this returns.
         fut = pool.submit(_hashed, self.hash["embeddings"], emb)
         try:
-            self.ds["embeddings"][a:b] = emb
-            self.ds["labels"][a:b] = labels
-            self.ds["ids"][a:b] = ids
+            for name, data in (("embeddings", emb), ("labels", labels), ("ids", ids)):
+                self.cols[name].write(a, data.astype(self.cols[name].ds.dtype, copy=False))
             staged = {"labels": _hashed(self.hash["labels"], labels),
                       "ids": _hashed(self.hash["ids"], ids)}
             if paths is not None:
-                self.ds["paths"][a:b] = np.array(paths, dtype=object)
+                assert self.paths is not None
+                self.paths[a:a + len(paths)] = np.array(paths, dtype=object)
                 staged["paths"] = _hashed(self.hash["paths"], _paths_bytes(paths))
         finally:
             h = fut.result()
@@ -406,21 +479,20 @@ class _OpenShard:
     def commit(self, staged: dict[str, xxhash.xxh3_64], rows: int) -> None:
         self.hash = staged
         self.rows += rows
+        for col in self.cols.values():
+            col.commit()
+
+    def rollback(self) -> None:
+        for col in self.cols.values():
+            col.rollback(self.rows)
 
     def finish(self, *, fsync: bool) -> tuple[Path, int]:
-        """Close, trim to the rows written, rename into place; returns (path, bytes)."""
-        if self.rows < self.capacity:
-            trimmed = self.tmp.with_name(self.tmp.name + ".trim")
-            with h5py.File(trimmed, "w") as out:
-                for name, src in self.ds.items():
-                    dst = out.create_dataset(name, (self.rows, *src.shape[1:]), dtype=src.dtype)
-                    for i in range(0, self.rows, _COPY_ROWS):
-                        j = min(i + _COPY_ROWS, self.rows)
-                        dst[i:j] = src[i:j]
-            self.file.close()
-            os.replace(trimmed, self.tmp)
-        else:
-            self.file.close()
+        """Flush, shrink to the rows written, close, rename into place; returns (path, bytes)."""
+        for col in self.cols.values():
+            col.finish(self.rows)
+        if self.paths is not None:
+            self.paths.resize(self.rows, axis=0)
+        self.file.close()
         if fsync:
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
@@ -435,9 +507,8 @@ class _OpenShard:
     def discard(self) -> None:
         with contextlib.suppress(Exception):
             self.file.close()
-        for p in (self.tmp, self.tmp.with_name(self.tmp.name + ".trim")):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
 
 
 class ShardWriter:
@@ -574,7 +645,7 @@ class ShardWriter:
     def _clean_stale(self) -> None:
         listed = {s["file"] for s in self._manifest["shards"]}
         for p in self.root.iterdir():
-            if p.name.endswith((_PARTIAL, _PARTIAL + ".trim")) or p.name == MANIFEST_NAME + ".tmp":
+            if p.name.endswith(_PARTIAL) or p.name == MANIFEST_NAME + ".tmp":
                 log.info("removing %s left by an interrupted writer", p)
                 p.unlink()
             elif _SHARD_RE.match(p.name) and p.name not in listed:
@@ -585,7 +656,7 @@ class ShardWriter:
 
     def _check_empty_dir(self) -> None:
         foreign = [p.name for p in self.root.iterdir()
-                   if p.name != _LOCK_NAME and not p.name.endswith((_PARTIAL, ".trim", ".tmp"))
+                   if p.name != _LOCK_NAME and not p.name.endswith((_PARTIAL, ".tmp"))
                    and not _SHARD_RE.match(p.name)]
         if foreign:
             raise ValueError(
@@ -701,6 +772,8 @@ class ShardWriter:
         except BaseException:
             if not checked:
                 check.result()
+            if self._shard is not None:
+                self._shard.rollback()
             if len(self) == 0:
                 self._manifest["has_paths"] = had_paths
             raise

@@ -181,7 +181,7 @@ def test_truncated_shard_is_named(store_dir):
 def test_corrupted_bytes_fail_verify(store_dir):
     p = store_dir / "shard-00001.h5"
     with h5py.File(p) as f:
-        offset = f["embeddings"].id.get_offset()
+        offset = f["embeddings"].id.get_chunk_info(0).byte_offset
     raw = bytearray(p.read_bytes())
     raw[offset + 100] ^= 0xFF  # same size, one flipped byte inside the embeddings
     p.write_bytes(bytes(raw))
