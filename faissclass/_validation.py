@@ -92,8 +92,15 @@ def first_nonfinite_row(x: np.ndarray) -> int | None:
     if x.size == 0:
         return None
     if x.dtype == np.float16:
-        bits = x.view(np.uint16)
-        if int(np.bitwise_and(bits, 0x7FFF).max()) < 0x7C00:
+        # Exponent all ones = inf/NaN. Blocks of 256 Ki values keep the
+        # temporary in cache instead of allocating a batch-sized array.
+        bits = x.reshape(-1).view(np.uint16)
+        tmp = np.empty(min(bits.size, 1 << 18), np.uint16)
+        for i in range(0, bits.size, tmp.size):
+            blk = bits[i:i + tmp.size]
+            if int(np.bitwise_and(blk, 0x7FFF, out=tmp[:blk.size]).max()) >= 0x7C00:
+                break
+        else:
             return None
     elif np.isfinite(np.add.reduce(x, axis=None)):
         return None
