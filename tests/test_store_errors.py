@@ -235,3 +235,31 @@ def test_duplicate_ids_across_shards_fail_verify(store_dir):
     m.write_text(json.dumps(d))
     with pytest.raises(fc.StoreError, match="id 5 is stored more than once"):
         fc.EmbeddingStore(store_dir).verify()
+
+
+def test_rejected_batch_after_a_chunk_flush_leaves_committed_rows_intact(tmp_path, rng,
+                                                                        monkeypatch):
+    import faissclass.store as store_mod
+
+    # 25-row HDF5 chunks, 100-row shards: a rejected batch that has already
+    # pushed a chunk to the file must restore the committed part of that chunk.
+    monkeypatch.setattr(store_mod, "_CHUNK_BYTES", 25 * 4 * 4)
+    monkeypatch.setattr(store_mod, "_MIN_CHUNK_ROWS", 1)
+    X = rng.standard_normal((150, 4)).astype(np.float32)
+    bad = rng.standard_normal((50, 4)).astype(np.float32)
+    bad[45, 0] = np.nan
+    with fc.ShardWriter(tmp_path / "s", dim=4, dtype="float32", shard_size=100,
+                        fsync=False) as w:
+        w.append(X[:30], np.zeros(30, int))
+        with pytest.raises(ValueError, match="row 45 of this batch holds NaN"):
+            w.append(bad, np.ones(50, int), ids=np.arange(1000, 1050))
+        assert len(w) == 30
+        w.append(X[30:], np.zeros(120, int))
+    store = fc.EmbeddingStore(tmp_path / "s")
+    X2, y2, ids = store.load()
+    np.testing.assert_array_equal(X2, X)
+    np.testing.assert_array_equal(y2, np.zeros(150))
+    np.testing.assert_array_equal(ids, np.arange(150))
+    store.verify()
+    with h5py.File(tmp_path / "s" / "shard-00000.h5") as f:
+        assert f["embeddings"].chunks == (25, 4)
