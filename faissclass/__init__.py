@@ -10,15 +10,59 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING, Any
+
 from ._validation import FaissclassError, StoreError
 from .store import Batch, EmbeddingStore, ShardInfo, ShardWriter
+
+# Names from layers with heavy imports (faiss), loaded on first use so that
+# `import faissclass` works with the core dependencies alone.
+_LAZY = {
+    name: "index"
+    for name in ("IndexSpec", "SearchParams", "SearchResult", "VectorIndex", "exact_search",
+                 "recall_at_k", "suggest_spec", "sweep", "training_rows")
+}
+
+if TYPE_CHECKING:
+    from .index import (
+        IndexSpec,
+        SearchParams,
+        SearchResult,
+        VectorIndex,
+        exact_search,
+        recall_at_k,
+        suggest_spec,
+        sweep,
+        training_rows,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'faissclass' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Batch",
     "EmbeddingStore",
     "FaissclassError",
+    "IndexSpec",
+    "SearchParams",
+    "SearchResult",
     "ShardInfo",
     "ShardWriter",
     "StoreError",
+    "VectorIndex",
     "__version__",
+    "exact_search",
+    "recall_at_k",
+    "suggest_spec",
+    "sweep",
+    "training_rows",
 ]

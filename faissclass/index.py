@@ -1,0 +1,832 @@
+"""FAISS indexes (flat, IVF, HNSW; CPU or GPU) behind one class: VectorIndex.
+
+This is the only module of faissclass that imports faiss. Everything takes and
+returns numpy arrays: vectors float32 (float16/float64 input is cast silently;
+integer input is refused), ids int64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._ids import IdSet, sorted_unique
+from ._validation import check_embeddings, check_int_vector, first_nonfinite_row
+
+if TYPE_CHECKING:
+    from .store import EmbeddingStore
+
+try:
+    import faiss
+except ImportError as _exc:  # pragma: no cover - exercised only without faiss
+    raise ImportError(
+        "faissclass.index needs faiss: pip install 'faissclass[cpu]' (faiss-cpu) or "
+        "'faissclass[gpu]' (faiss-gpu-cu12)"
+    ) from _exc
+
+__all__ = [
+    "IndexSpec",
+    "SearchParams",
+    "SearchResult",
+    "VectorIndex",
+    "exact_search",
+    "recall_at_k",
+    "suggest_spec",
+    "sweep",
+]
+
+log = logging.getLogger(__name__)
+
+Metric = Literal["ip", "l2"]
+_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+_KINDS = ("flat", "ivf", "hnsw")
+_STORAGES = ("flat", "sq8", "pq")
+# FAISS warns below 39 training points per centroid (Clustering::train).
+MIN_POINTS_PER_CENTROID = 39
+_FORMAT = "faissclass.index"
+_FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexSpec:
+    """What index to build.
+
+    Parameters
+    ----------
+    kind : {"flat", "ivf", "hnsw"}, optional
+        ``flat``: exact search. ``ivf``: inverted lists over ``nlist`` k-means
+        cells, vectors stored as ``storage``. ``hnsw``: graph with ``M`` links
+        per node. Leave None when ``factory`` is given.
+    factory : str, optional
+        A raw FAISS ``index_factory`` string (e.g. ``"PCA128,IVF4096,PQ32"``)
+        for anything the kinds do not cover.
+    metric : {"ip", "l2"}
+        Inner product (cosine on L2-normalised vectors; the default) or L2.
+    nlist : int
+        IVF cells. FAISS suggests 4·√n to 16·√n for n vectors.
+    storage : {"flat", "sq8", "pq"}
+        IVF codes: raw float32, 8-bit scalar quantisation, or product
+        quantisation with ``m`` sub-quantisers of ``nbits`` bits.
+    m, nbits : int
+        PQ code size: ``m * nbits / 8`` bytes per vector; ``m`` must divide dim.
+        ``m=None`` picks the largest of FAISS's GPU-supported code sizes that
+        divides dim and is at most dim / 4.
+    M, ef_construction : int
+        HNSW links per node and construction beam width.
+    """
+
+    kind: Literal["flat", "ivf", "hnsw"] | None = "flat"
+    factory: str | None = None
+    metric: Metric = "ip"
+    nlist: int = 1024
+    storage: Literal["flat", "sq8", "pq"] = "flat"
+    m: int | None = None
+    nbits: int = 8
+    M: int = 32
+    ef_construction: int = 40
+
+    def __post_init__(self) -> None:
+        if self.factory is not None:
+            if not isinstance(self.factory, str) or not self.factory.strip():
+                raise ValueError(f"factory must be a non-empty FAISS factory string; got "
+                                 f"{self.factory!r}")
+            if self.kind not in (None, "flat"):
+                raise ValueError(f"give either kind= or factory=, not both (kind={self.kind!r})")
+            object.__setattr__(self, "kind", None)
+        elif self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS} (or pass factory=); got {self.kind!r}")
+        if self.metric not in _METRICS:
+            raise ValueError(f"metric must be 'ip' or 'l2'; got {self.metric!r}")
+        if self.storage not in _STORAGES:
+            raise ValueError(f"storage must be one of {_STORAGES}; got {self.storage!r}")
+        for name in ("nlist", "nbits", "M", "ef_construction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+        if self.m is not None and (isinstance(self.m, bool) or not isinstance(self.m, int)
+                                   or self.m < 1):
+            raise ValueError(f"m must be a positive int; got {self.m!r}")
+
+    def factory_string(self, dim: int) -> str:
+        """The FAISS factory string this spec builds for vectors of ``dim``."""
+        if self.factory is not None:
+            return self.factory
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.M}"
+        codes = {"flat": "Flat", "sq8": "SQ8"}.get(self.storage)
+        if codes is None:
+            m = self.m if self.m is not None else default_pq_m(dim)
+            if dim % m:
+                raise ValueError(f"PQ m={m} must divide dim {dim}; pick m among "
+                                 f"{[x for x in range(1, dim + 1) if dim % x == 0 and x <= 96]}")
+            codes = f"PQ{m}x{self.nbits}"
+        return f"IVF{self.nlist},{codes}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndexSpec:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown IndexSpec keys {sorted(unknown)}")
+        return cls(**d)
+
+
+_GPU_PQ_BYTES = (96, 64, 56, 48, 32, 28, 24, 20, 16, 12, 8, 4, 3, 2, 1)
+
+
+def default_pq_m(dim: int) -> int:
+    """Largest GPU-supported PQ code size (bytes at 8 bits) dividing ``dim``, <= dim / 4."""
+    for m in _GPU_PQ_BYTES:
+        if m <= max(1, dim // 4) and dim % m == 0:
+            return m
+    return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchParams:
+    """Per-search knobs. None keeps the index's current value.
+
+    Parameters
+    ----------
+    nprobe : int, optional
+        IVF cells visited per query (1..nlist); recall and cost grow with it.
+    ef_search : int, optional
+        HNSW search beam width (>= k is sensible); recall and cost grow with it.
+    """
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("nprobe", "ef_search"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class SearchResult(NamedTuple):
+    """k nearest neighbours per query, best first.
+
+    Attributes
+    ----------
+    distances : numpy.ndarray, shape (nq, k), float32
+        Inner products (larger is closer) or squared L2 distances (smaller is
+        closer). Where fewer than k vectors exist, FAISS's padding is kept:
+        -3.4e38 (ip) or 3.4e38 (l2).
+    ids : numpy.ndarray, shape (nq, k), int64
+        Stored ids; -1 in padded slots.
+    """
+
+    distances: np.ndarray
+    ids: np.ndarray
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def _has_gpu_faiss() -> bool:
+    return hasattr(faiss, "StandardGpuResources")
+
+
+def _parse_device(device: str) -> tuple[str, list[int]]:
+    """("cpu", []) or ("cuda", [gpu ids])."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string like 'cpu', 'cuda', 'cuda:1', 'cuda:all'; "
+                        f"got {device!r}")
+    if device == "cpu":
+        return "cpu", []
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'cuda:all'; got {device!r}")
+    if not _has_gpu_faiss():
+        raise RuntimeError(
+            f"device={device!r} needs a faiss build with GPU support, but the installed faiss "
+            f"{faiss.__version__} is CPU-only. Install faiss-gpu-cu12 instead of faiss-cpu: "
+            "pip uninstall faiss-cpu && pip install 'faissclass[gpu]'"
+        )
+    n = faiss.get_num_gpus()
+    if n < 1:
+        raise RuntimeError(f"device={device!r}: faiss has GPU support but sees no GPU "
+                           "(check CUDA_VISIBLE_DEVICES and the driver)")
+    if device == "cuda":
+        return "cuda", [0]
+    tail = device.split(":", 1)[1]
+    if tail == "all":
+        return "cuda", list(range(n))
+    if not tail.isdigit() or int(tail) >= n:
+        raise ValueError(f"device={device!r}: faiss sees {n} GPU(s), ids 0..{n - 1}")
+    return "cuda", [int(tail)]
+
+
+# --------------------------------------------------------------------------- the index
+
+
+class VectorIndex:
+    """A FAISS index with ids, input checks, search parameters and persistence.
+
+    Parameters
+    ----------
+    dim : int
+        Vector width.
+    spec : IndexSpec
+        What to build (default: exact flat inner product).
+    device : str
+        "cpu", "cuda", "cuda:N" or "cuda:all" (every GPU; ``shard=True`` splits the
+        vectors across GPUs, False replicates them).
+    params : SearchParams, optional
+        Default search parameters, used when ``search`` gets none.
+    fp16 : bool
+        GPU only: store vectors / lookup tables in float16 (half the memory).
+    shard : bool
+        With "cuda:all": shard (True) or replicate (False).
+
+    Notes
+    -----
+    HNSW has no GPU implementation in FAISS: asking for one is an error, not a
+    CPU fallback. Not thread-safe: search parameters are set on the index.
+    """
+
+    def __init__(self, dim: int, spec: IndexSpec | None = None, *, device: str = "cpu",
+                 params: SearchParams | None = None, fp16: bool = False,
+                 shard: bool = True) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise ValueError(f"dim must be a positive int; got {dim!r}")
+        spec = IndexSpec() if spec is None else spec
+        if not isinstance(spec, IndexSpec):
+            raise TypeError(f"spec must be an IndexSpec; got {type(spec).__name__}")
+        self.dim = int(dim)
+        self.spec = spec
+        self.params = SearchParams() if params is None else params
+        self.fp16 = bool(fp16)
+        self.shard = bool(shard)
+        self.device = device
+        self._kind, self._gpus = _parse_device(device)
+        try:
+            cpu = faiss.index_factory(self.dim, spec.factory_string(self.dim),
+                                      _METRICS[spec.metric])
+        except RuntimeError as exc:
+            raise ValueError(f"FAISS cannot build {spec.factory_string(self.dim)!r} for dim "
+                             f"{self.dim}: {_faiss_message(exc)}") from exc
+        hnsw = _hnsw_of(cpu)
+        if hnsw is not None:
+            hnsw.efConstruction = spec.ef_construction
+        self._init_from_cpu(cpu)
+        self._idset = IdSet()
+        self._pos_ids: list[np.ndarray] = []  # position -> id, for indexes without ids
+        self._pos_cache: np.ndarray | None = None
+        self._next_id = 0
+
+    def _init_from_cpu(self, cpu: Any) -> None:
+        ivf = faiss.try_extract_index_ivf(cpu)
+        self._native_ids = ivf is not None
+        self._nlist: int | None = None if ivf is None else int(ivf.nlist)
+        if self._kind == "cpu":
+            self._index = cpu
+            return
+        if _hnsw_of(cpu) is not None:
+            raise ValueError("HNSW has no GPU implementation in FAISS; use device='cpu' for "
+                             "HNSW, or an IVF kind on the GPU")
+        self._index = self._to_gpu(cpu)
+
+    def _to_gpu(self, cpu: Any) -> Any:
+        if len(self._gpus) == 1:
+            self._res = faiss.StandardGpuResources()
+            co = faiss.GpuClonerOptions()
+            co.useFloat16 = self.fp16
+            try:
+                return faiss.index_cpu_to_gpu(self._res, self._gpus[0], cpu, co)
+            except RuntimeError as exc:
+                raise ValueError(f"this index cannot go to the GPU: {_faiss_message(exc)}") from exc
+        co = faiss.GpuMultipleClonerOptions()
+        co.useFloat16 = self.fp16
+        co.shard = self.shard
+        try:
+            return faiss.index_cpu_to_all_gpus(cpu, co=co, ngpu=len(self._gpus))
+        except RuntimeError as exc:
+            raise ValueError(f"this index cannot go to the GPUs: {_faiss_message(exc)}") from exc
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors stored."""
+        return int(self._index.ntotal)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
+
+    @property
+    def faiss_index(self) -> Any:
+        """The underlying FAISS index (GPU or CPU), for what this class does not wrap."""
+        return self._index
+
+    def cpu_index(self) -> Any:
+        """A CPU FAISS index with the same contents (the index itself when on the CPU)."""
+        return self._index if self._kind == "cpu" else faiss.index_gpu_to_cpu(self._index)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the index as FAISS serialises it (vectors, codes, lists, graph) plus
+        the id map; on a GPU, of its CPU copy."""
+        n = [0]
+
+        def count(b: bytes) -> int:
+            n[0] += len(b)
+            return len(b)
+
+        faiss.write_index(self.cpu_index(), faiss.PyCallbackIOWriter(count))
+        return n[0] + sum(a.nbytes for a in self._pos_ids)
+
+    def __repr__(self) -> str:
+        return (f"VectorIndex(dim={self.dim}, {self.spec.factory_string(self.dim)!r}, "
+                f"metric={self.metric!r}, device={self.device!r}, ntotal={self.ntotal})")
+
+    # ------------------------------------------------------------------ building
+
+    def _vectors(self, x: Any, name: str) -> np.ndarray:
+        arr = check_embeddings(x, dim=self.dim, name=name, dtype=np.dtype(np.float32))
+        bad = first_nonfinite_row(arr)
+        if bad is not None:
+            raise ValueError(f"{name} row {bad} holds NaN or inf")
+        return arr
+
+    def train(self, sample: Any) -> VectorIndex:
+        """Train the coarse quantiser / codebooks on ``sample`` (n, dim).
+
+        Warns when n is below FAISS's recommended 39 points per IVF cell; a
+        no-op for indexes that need no training (flat, HNSW).
+        """
+        x = self._vectors(sample, "training vectors")
+        nlist = self._nlist
+        if nlist is not None:
+            if x.shape[0] < nlist:
+                raise ValueError(f"training needs at least nlist={nlist} vectors; got "
+                                 f"{x.shape[0]}")
+            want = MIN_POINTS_PER_CENTROID * nlist
+            if x.shape[0] < want:
+                warnings.warn(
+                    f"training IVF{nlist} on {x.shape[0]} vectors; FAISS recommends at "
+                    f"least {want} (39 per cell). Recall may suffer.", UserWarning, stacklevel=2)
+        try:
+            self._index.train(x)
+        except RuntimeError as exc:
+            raise ValueError(f"FAISS training failed: {_faiss_message(exc)}") from exc
+        return self
+
+    def add(self, vectors: Any, ids: Any = None, *, batch_size: int = 65_536) -> VectorIndex:
+        """Add vectors (n, dim) with int64 ids (default: continuing 0, 1, 2, ...).
+
+        Raises
+        ------
+        ValueError
+            Untrained index, wrong dim, non-finite values, duplicate ids or ids
+            already in the index.
+        """
+        if not self.is_trained:
+            raise ValueError(f"this {self.spec.factory_string(self.dim)} index must be trained "
+                             "before add(): call train(sample) first (or use VectorIndex.build)")
+        x = self._vectors(vectors, "vectors")
+        n = x.shape[0]
+        if ids is None:
+            idv = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        else:
+            idv = check_int_vector(ids, n=n, name="ids")
+        s, dup = sorted_unique(idv)
+        if dup is not None:
+            raise ValueError(f"id {dup} appears twice in this batch; ids must be unique")
+        hit = self._idset.contains(idv)
+        if hit.any():
+            raise ValueError(f"id {int(idv[np.flatnonzero(hit)[0]])} is already in the index; "
+                             "remove() it first to replace it")
+        if n == 0:
+            return self
+        for a in range(0, n, batch_size):
+            b = min(a + batch_size, n)
+            if self._native_ids:
+                self._index.add_with_ids(x[a:b], idv[a:b])
+            else:
+                self._index.add(x[a:b])
+        if not self._native_ids:
+            self._pos_ids.append(idv.copy())
+            self._pos_cache = None
+        self._idset.add_open(s.copy() if s is idv else s)
+        self._next_id = max(self._next_id, int(s[-1]) + 1)
+        return self
+
+    @classmethod
+    def build(cls, store: EmbeddingStore, spec: IndexSpec | None = None, *,
+              device: str = "cpu", train_size: int | None = None, seed: int = 0,
+              batch_size: int = 65_536, progress: bool = True,
+              params: SearchParams | None = None, fp16: bool = False) -> VectorIndex:
+        """Build an index from a store: train on a seeded sample drawn across all
+        shards, then add shard by shard with the store's ids.
+
+        Memory: the training sample plus one batch plus the index.
+
+        Parameters
+        ----------
+        train_size : int, optional
+            Training vectors; default min(n, 256 · nlist) for IVF (FAISS's upper
+            guideline), none for flat/HNSW.
+        seed : int
+            Seed of the training sample (see :func:`training_rows`).
+        """
+        index = cls(store.dim, spec, device=device, params=params, fp16=fp16)
+        if not index.is_trained:
+            n_train = train_size if train_size is not None else min(
+                len(store), 256 * (index._nlist or 1))
+            rows = training_rows(len(store), n_train, seed)
+            index.train(store.take(rows).embeddings)
+        with tqdm(total=len(store), unit="vec", unit_scale=True, disable=not progress,
+                  desc=f"adding to {index.spec.factory_string(index.dim)}") as bar:
+            for batch in store.iter_batches(batch_size):
+                index.add(batch.embeddings, batch.ids, batch_size=batch_size)
+                bar.update(len(batch.ids))
+        return index
+
+    # ------------------------------------------------------------------ searching
+
+    def _apply(self, params: SearchParams) -> None:
+        ps = faiss.ParameterSpace() if self._kind == "cpu" else faiss.GpuParameterSpace()
+        if params.nprobe is not None:
+            if self._nlist is None:
+                raise ValueError(f"nprobe applies to IVF indexes; this one is "
+                                 f"{self.spec.factory_string(self.dim)}")
+            ps.set_index_parameter(self._index, "nprobe", int(params.nprobe))
+        if params.ef_search is not None:
+            if _hnsw_of(self._index) is None:
+                raise ValueError(f"ef_search applies to HNSW indexes; this one is "
+                                 f"{self.spec.factory_string(self.dim)}")
+            ps.set_index_parameter(self._index, "efSearch", int(params.ef_search))
+
+    def search(self, queries: Any, k: int, params: SearchParams | None = None) -> SearchResult:
+        """k nearest stored vectors of each query.
+
+        Parameters
+        ----------
+        queries : array_like, shape (nq, dim), float (cast to float32)
+        k : int
+            Neighbours per query. Above ntotal, results are padded with id -1
+            as FAISS does.
+        params : SearchParams, optional
+            Overrides ``self.params`` for this search.
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive int; got {k!r}")
+        if not self.is_trained:
+            raise ValueError("search before train(): this index is untrained and empty")
+        q = self._vectors(queries, "queries")
+        p = self.params if params is None else params
+        merged = SearchParams(
+            nprobe=p.nprobe if p.nprobe is not None else self.params.nprobe,
+            ef_search=p.ef_search if p.ef_search is not None else self.params.ef_search)
+        self._apply(merged)
+        dist, labels = self._index.search(q, int(k))
+        if not self._native_ids:  # labels are positions: map them to ids, keep -1
+            pos = self._positions()
+            valid = labels >= 0
+            labels = np.where(valid, pos[np.where(valid, labels, 0)] if pos.size else -1, -1)
+        return SearchResult(dist, labels.astype(np.int64, copy=False))
+
+    def _positions(self) -> np.ndarray:
+        if self._pos_cache is None:
+            self._pos_cache = (np.concatenate(self._pos_ids) if self._pos_ids
+                               else np.empty(0, np.int64))
+            self._pos_ids = [self._pos_cache] if self._pos_cache.size else []
+        return self._pos_cache
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """Boolean mask: which ``ids`` are in the index."""
+        arr = np.atleast_1d(np.asarray(ids))
+        return self._idset.contains(check_int_vector(arr, n=arr.shape[0], name="ids"))
+
+    # ------------------------------------------------------------------ removing
+
+    def remove(self, ids: Any) -> int:
+        """Remove vectors by id; returns how many were removed (unknown ids are ignored).
+
+        Supported by flat and IVF indexes on the CPU. HNSW cannot remove in FAISS:
+        rebuild without the ids instead.
+        """
+        arr = np.atleast_1d(np.asarray(ids))
+        idv = check_int_vector(arr, n=arr.shape[0], name="ids")
+        if _hnsw_of(self._index) is not None:
+            raise NotImplementedError("FAISS HNSW indexes do not support removal; rebuild the "
+                                      "index without these ids (or use a flat or IVF index)")
+        if self._kind != "cpu":
+            raise NotImplementedError("remove() runs on CPU indexes; load the index on the "
+                                      "CPU, remove, save, and reload it on the GPU")
+        if idv.size == 0:
+            return 0
+        if self._native_ids:
+            sel = faiss.IDSelectorBatch(idv)
+        else:
+            pos = self._positions()
+            where = np.flatnonzero(np.isin(pos, idv)).astype(np.int64)
+            sel = faiss.IDSelectorBatch(where)
+        try:
+            n = int(self._index.remove_ids(sel))
+        except RuntimeError as exc:
+            raise NotImplementedError(
+                f"FAISS cannot remove from {self.spec.factory_string(self.dim)}: "
+                f"{_faiss_message(exc)}") from exc
+        if not self._native_ids:
+            self._pos_cache = np.delete(self._positions(), where)
+            self._pos_ids = [self._pos_cache] if self._pos_cache.size else []
+        self._idset.remove(idv)
+        return n
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the index to directory ``path``: index.faiss (the CPU form), ids.npy
+        (position -> id, for index types without ids) and index.json (spec, search
+        params, dim, metric, faiss version). Replaces ``path`` atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            faiss.write_index(self.cpu_index(), str(tmp / "index.faiss"))
+            np.save(tmp / "ids.npy", self._positions() if not self._native_ids
+                    else np.empty(0, np.int64))
+            meta = {
+                "format": _FORMAT, "format_version": _FORMAT_VERSION,
+                "dim": self.dim, "metric": self.metric, "spec": self.spec.to_dict(),
+                "factory": self.spec.factory_string(self.dim),
+                "params": self.params.to_dict(), "ntotal": self.ntotal,
+                "next_id": self._next_id, "native_ids": self._native_ids,
+                "faiss_version": faiss.__version__,
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            (tmp / "index.json").write_text(json.dumps(meta, indent=1))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", fp16: bool = False,
+             shard: bool = True) -> VectorIndex:
+        """Load an index saved by :meth:`save`, onto ``device``."""
+        from ._validation import StoreError
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "index.json").read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{path}: not a saved VectorIndex (no index.json)") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path / 'index.json'}: unreadable ({exc})") from exc
+        if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
+            raise StoreError(f"{path / 'index.json'}: not a faissclass index of format version "
+                             f"{_FORMAT_VERSION}")
+        try:
+            cpu = faiss.read_index(str(path / "index.faiss"))
+        except RuntimeError as exc:
+            raise StoreError(f"{path / 'index.faiss'}: unreadable FAISS index "
+                             f"({_faiss_message(exc)})") from exc
+        if cpu.d != meta["dim"] or cpu.ntotal != meta["ntotal"]:
+            raise StoreError(f"{path / 'index.faiss'}: holds dim={cpu.d}, ntotal={cpu.ntotal}; "
+                             f"index.json says dim={meta['dim']}, ntotal={meta['ntotal']}")
+        self = cls.__new__(cls)
+        self.dim = int(meta["dim"])
+        self.spec = IndexSpec.from_dict(meta["spec"])
+        self.params = SearchParams(**meta["params"])
+        self.fp16, self.shard, self.device = bool(fp16), bool(shard), device
+        self._kind, self._gpus = _parse_device(device)
+        self._init_from_cpu(cpu)
+        self._idset = IdSet()
+        self._pos_ids, self._pos_cache = [], None
+        if self._native_ids:
+            ids = _ivf_ids(cpu)
+        else:
+            ids = np.load(path / "ids.npy")
+            if ids.shape != (cpu.ntotal,):
+                raise StoreError(f"{path / 'ids.npy'}: {ids.shape[0]} ids for {cpu.ntotal} "
+                                 "vectors")
+            self._pos_ids = [ids] if ids.size else []
+        if ids.size:
+            self._idset.add_open(np.sort(ids))
+        self._next_id = int(meta["next_id"])
+        return self
+
+
+def _ivf_ids(cpu: Any) -> np.ndarray:
+    """All ids stored in the inverted lists of an IVF index."""
+    ivf = faiss.extract_index_ivf(cpu)
+    invlists = ivf.invlists
+    parts = []
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+
+def _hnsw_of(index: Any) -> Any:
+    """The HNSW structure inside ``index`` (through wrappers), or None."""
+    idx = index
+    for _ in range(4):
+        idx = faiss.downcast_index(idx)
+        if hasattr(idx, "hnsw"):
+            return idx.hnsw
+        inner = getattr(idx, "index", None)
+        if inner is None:
+            return None
+        idx = inner
+    return None
+
+
+def _faiss_message(exc: BaseException) -> str:
+    """The useful line of a FAISS C++ exception."""
+    text = str(exc)
+    for line in text.splitlines():
+        if line.startswith("Error") and ":" in line:
+            return line.split(":", 1)[-1].strip().split(" at /")[0] or text
+    return text.strip().splitlines()[-1] if text.strip() else repr(exc)
+
+
+# --------------------------------------------------------------------------- reference & tools
+
+
+def training_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted global row numbers of a seeded sample of ``size`` of ``n`` rows (all if
+    size >= n): the sample ``VectorIndex.build`` trains on."""
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def exact_search(database: Any, queries: Any, k: int, metric: Metric = "ip", *,
+                 block: int = 4096) -> SearchResult:
+    """Exact k-NN by plain numpy (blocked matmul + partial sort), the reference for
+    recall. Independent of faiss.
+
+    Parameters
+    ----------
+    database : array_like, shape (n, d)
+    queries : array_like, shape (nq, d)
+    k : int
+        Clipped to n; the result has min(k, n) columns.
+    metric : {"ip", "l2"}
+        Inner product (larger first) or squared L2 (smaller first).
+    """
+    X = check_embeddings(database, dim=None, name="database", dtype=np.dtype(np.float32))
+    Q = check_embeddings(queries, dim=X.shape[1], name="queries", dtype=np.dtype(np.float32))
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be 'ip' or 'l2'; got {metric!r}")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive int; got {k!r}")
+    kk = min(int(k), X.shape[0])
+    dist = np.empty((Q.shape[0], kk), np.float32)
+    ids = np.empty((Q.shape[0], kk), np.int64)
+    xnorm = (X * X).sum(1) if metric == "l2" else None
+    for a in range(0, Q.shape[0], block):
+        q = Q[a:a + block]
+        s = q @ X.T
+        if metric == "l2":
+            s = (q * q).sum(1)[:, None] - 2 * s + xnorm[None, :]
+            s = -s  # larger is better below
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < X.shape[0] else np.tile(
+            np.arange(X.shape[0]), (q.shape[0], 1))
+        sc = np.take_along_axis(s, part, 1)
+        order = np.argsort(-sc, axis=1, kind="stable")
+        ids[a:a + block] = np.take_along_axis(part, order, 1)
+        best = np.take_along_axis(sc, order, 1)
+        dist[a:a + block] = -best if metric == "l2" else best
+    return SearchResult(dist, ids)
+
+
+def recall_at_k(result: SearchResult, reference: SearchResult, k: int | None = None) -> float:
+    """Mean over queries of |top-k of result ∩ top-k of reference| / k.
+
+    With k=1 this is the share of queries whose nearest neighbour is found.
+    Reference slots holding -1 (fewer than k vectors) are not counted.
+    """
+    R, G = np.asarray(result.ids), np.asarray(reference.ids)
+    if R.shape[0] != G.shape[0]:
+        raise ValueError(f"result has {R.shape[0]} queries, reference {G.shape[0]}")
+    k = min(R.shape[1], G.shape[1]) if k is None else int(k)
+    if k < 1 or k > G.shape[1] or k > R.shape[1]:
+        raise ValueError(f"k={k} must be in 1..{min(R.shape[1], G.shape[1])}")
+    R, G = R[:, :k], G[:, :k]
+    hits = (R[:, :, None] == G[:, None, :]) & (G[:, None, :] >= 0)
+    found = hits.any(axis=1).sum(axis=1)
+    denom = (G >= 0).sum(axis=1)
+    ok = denom > 0
+    return float(np.mean(found[ok] / denom[ok])) if ok.any() else 1.0
+
+
+def sweep(index: VectorIndex, queries: Any, k: int, params_list: Iterable[SearchParams],
+          reference: SearchResult, *, repeats: int = 3) -> list[dict[str, Any]]:
+    """Recall and speed for each setting, to pick nprobe / ef_search for a target recall.
+
+    Returns
+    -------
+    list of dict
+        One per setting: ``params`` (dict), ``recall@1``, ``recall@k``, ``qps``
+        (queries/s, median of ``repeats`` timed searches after one warm-up).
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    rows = []
+    for p in params_list:
+        res = index.search(q, k, p)  # warm-up, and the result scored
+        times = []
+        for _ in range(max(1, repeats)):
+            t = time.perf_counter()
+            index.search(q, k, p)
+            times.append(time.perf_counter() - t)
+        rows.append({"params": p.to_dict(), "recall@1": recall_at_k(res, reference, 1),
+                     f"recall@{k}": recall_at_k(res, reference, k),
+                     "qps": q.shape[0] / float(np.median(times))})
+    return rows
+
+
+def suggest_spec(n: int, dim: int, memory_budget_bytes: int) -> IndexSpec:
+    """Pick an index for ``n`` vectors of ``dim`` within a memory budget.
+
+    Follows FAISS's wiki page "Guidelines to choose an index"
+    (github.com/facebookresearch/faiss/wiki/Guidelines-to-choose-an-index):
+
+    1. Small sets (n < 10,000): flat. Exact, and too few points to train IVF well.
+    2. Memory not a concern -> HNSW32, the wiki's best speed/accuracy trade-off
+       when the graph fits (~4·dim + 8·M bytes a vector, plus ~10% for upper levels).
+    3. Otherwise IVF with nlist by size (wiki: 4·√n..16·√n below 1M; 65,536 for
+       1M–10M; 262,144 for 10M–100M; 1,048,576 beyond; we take 4·√n rounded to a
+       power of two below 1M), and the richest codes that fit:
+       Flat (4·dim bytes), SQ8 (dim bytes), then PQ with the largest m that fits.
+    4. If flat storage fits but HNSW does not, IVF-Flat is preferred to flat for
+       speed; exact search remains available as IndexSpec(kind="flat").
+
+    Raises
+    ------
+    ValueError
+        If even the smallest PQ code does not fit the budget.
+    """
+    for name, v in (("n", n), ("dim", dim), ("memory_budget_bytes", memory_budget_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name} must be a positive int; got {v!r}")
+    flat = n * dim * 4
+    if n < 10_000 and flat <= memory_budget_bytes:
+        return IndexSpec(kind="flat")
+    M = 32
+    if n * (dim * 4 + 8 * M) * 1.1 <= memory_budget_bytes:
+        return IndexSpec(kind="hnsw", M=M)
+    if n < 1_000_000:
+        nlist = 2 ** max(4, round(math.log2(4 * math.sqrt(n))))
+    elif n < 10_000_000:
+        nlist = 65_536
+    elif n < 100_000_000:
+        nlist = 262_144
+    else:
+        nlist = 1_048_576
+    centroids = nlist * dim * 4
+    per_id = 8
+    if n * (dim * 4 + per_id) + centroids <= memory_budget_bytes:
+        return IndexSpec(kind="ivf", nlist=nlist, storage="flat")
+    if n * (dim + per_id) + centroids <= memory_budget_bytes:
+        return IndexSpec(kind="ivf", nlist=nlist, storage="sq8")
+    for m in _GPU_PQ_BYTES:
+        if dim % m == 0 and n * (m + per_id) + centroids + 256 * dim * 4 <= memory_budget_bytes:
+            return IndexSpec(kind="ivf", nlist=nlist, storage="pq", m=m)
+    raise ValueError(f"no index of {n} vectors × {dim} fits {memory_budget_bytes} bytes: even "
+                     f"PQ1 needs about {n * 9 + centroids} bytes")
+
