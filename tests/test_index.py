@@ -74,7 +74,7 @@ def test_flat_is_exact(data, device, metric):
 
 # Measured on this data (20,000 × 64, 200 clusters, noise 1.5; k = 10):
 #   IVF128,Flat nprobe 8: r@1 0.866 r@10 0.821   IVF128,SQ8 nprobe 8: 0.850 / 0.818
-#   IVF128,PQ16x8 nprobe 8: 0.408 / 0.593        HNSW16 ef 32: 0.942 / 0.879
+#   IVF128,PQ16x8np nprobe 8: 0.408 / 0.593        HNSW16 ef 32: 0.942 / 0.879
 KINDS = [
     (fc.IndexSpec(kind="ivf", nlist=128), fc.SearchParams(nprobe=8), 0.83, 0.79),
     (fc.IndexSpec(kind="ivf", nlist=128, storage="sq8"), fc.SearchParams(nprobe=8), 0.82, 0.79),
@@ -359,7 +359,7 @@ def test_bad_factory_and_pq_m():
         fc.VectorIndex(8, fc.IndexSpec(factory="NoSuchIndex42"))
     with pytest.raises(ValueError, match="PQ m=5 must divide dim 64"):
         fc.VectorIndex(64, fc.IndexSpec(kind="ivf", storage="pq", m=5))
-    assert fc.IndexSpec(kind="ivf", storage="pq").factory_string(384) == "IVF1024,PQ96x8"
+    assert fc.IndexSpec(kind="ivf", storage="pq").factory_string(384) == "IVF1024,PQ96x8np"
 
 
 @pytest.mark.skipif(GPU, reason="checks the error of a CPU-only faiss")
@@ -403,8 +403,8 @@ def test_memory_bytes_tracks_the_storage(data):
     (1_000_000, 384, 2 * 2**30, "HNSW32"),           # graph ~1.97 GB fits
     (1_000_000, 384, 1800 * 2**20, "IVF65536,Flat"),
     (1_000_000, 384, 500 * 2**20, "IVF65536,SQ8"),
-    (1_000_000, 384, 300 * 2**20, "IVF65536,PQ96x8"),
-    (1_000_000, 384, 150 * 2**20, "IVF65536,PQ48x8"),  # 65,536 centroids alone: 100 MB
+    (1_000_000, 384, 300 * 2**20, "IVF65536,PQ96x8np"),
+    (1_000_000, 384, 150 * 2**20, "IVF65536,PQ48x8np"),  # 65,536 centroids alone: 100 MB
     (200_000, 128, 50 * 2**20, "IVF2048,SQ8"),
 ])
 def test_suggest_spec_follows_the_faiss_guidelines(n, dim, budget, want):
