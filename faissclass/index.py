@@ -296,15 +296,29 @@ class VectorIndex:
         if hnsw is not None:
             hnsw.efConstruction = spec.ef_construction
         self._init_from_cpu(cpu)
+        self._set_ids(np.empty(0, np.int64), next_id=0)
+
+    def _set_ids(self, ids: np.ndarray, *, next_id: int) -> None:
+        """Id bookkeeping: ``ids`` are the stored ids (in position order for kinds
+        that keep none)."""
         self._idset = IdSet()
-        self._pos_ids: list[np.ndarray] = []  # position -> id, for indexes without ids
+        if ids.size:
+            self._idset.add_open(np.sort(ids))
+        # position -> id, for index types without ids of their own
+        self._pos_ids: list[np.ndarray] = [ids] if ids.size and not self._native_ids else []
         self._pos_cache: np.ndarray | None = None
-        self._next_id = 0
+        self._next_id = next_id
 
     def _init_from_cpu(self, cpu: Any) -> None:
         ivf = faiss.try_extract_index_ivf(cpu)
         self._native_ids = ivf is not None
         self._nlist: int | None = None if ivf is None else int(ivf.nlist)
+        hnsw = _hnsw_of(cpu)
+        # FAISS's own defaults, restored whenever a search does not set a knob, so
+        # one search's parameters never leak into the next.
+        self._base_params = SearchParams(
+            nprobe=None if ivf is None else int(ivf.nprobe),
+            ef_search=None if hnsw is None else int(hnsw.efSearch))
         if self._kind == "cpu":
             self._index = cpu
             return
@@ -415,6 +429,19 @@ class VectorIndex:
             Untrained index, wrong dim, non-finite values, duplicate ids or ids
             already in the index.
         """
+        x, idv, s = self._prepare_add(vectors, ids)
+        n = x.shape[0]
+        for a in range(0, n, batch_size):
+            b = min(a + batch_size, n)
+            if self._native_ids:
+                self._index.add_with_ids(x[a:b], idv[a:b])
+            else:
+                self._index.add(x[a:b])
+        self._record_ids(idv, s)
+        return self
+
+    def _prepare_add(self, vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Checked (vectors float32, ids, sorted ids) for an add."""
         if not self.is_trained:
             raise ValueError(f"this {self.spec.factory_string(self.dim)} index must be trained "
                              "before add(): call train(sample) first (or use VectorIndex.build)")
@@ -431,20 +458,58 @@ class VectorIndex:
         if hit.any():
             raise ValueError(f"id {int(idv[np.flatnonzero(hit)[0]])} is already in the index; "
                              "remove() it first to replace it")
-        if n == 0:
-            return self
-        for a in range(0, n, batch_size):
-            b = min(a + batch_size, n)
-            if self._native_ids:
-                self._index.add_with_ids(x[a:b], idv[a:b])
-            else:
-                self._index.add(x[a:b])
+        return x, idv, s
+
+    def _record_ids(self, idv: np.ndarray, s: np.ndarray) -> None:
+        if idv.size == 0:
+            return
         if not self._native_ids:
             self._pos_ids.append(idv.copy())
             self._pos_cache = None
         self._idset.add_open(s.copy() if s is idv else s)
         self._next_id = max(self._next_id, int(s[-1]) + 1)
-        return self
+
+    def _reservable_ivf(self) -> Any:
+        """The index as a plain, empty CPU IndexIVF with array lists, else None."""
+        if self._kind != "cpu" or self.ntotal:
+            return None
+        idx = faiss.downcast_index(self._index)
+        if not isinstance(idx, faiss.IndexIVF):
+            return None
+        lists = faiss.downcast_InvertedLists(idx.invlists)
+        return idx if isinstance(lists, faiss.ArrayInvertedLists) else None
+
+    def _build_ivf_reserved(self, ivf: Any, store: EmbeddingStore, batch_size: int,
+                            bar: Any) -> None:
+        """Add a store to an empty IVF index with every inverted list sized exactly.
+
+        Pass 1 assigns every vector to its list (8 bytes a vector kept); each list
+        then gets exactly its capacity (``resize`` up then down keeps it), and pass 2
+        adds with the assignments already known. Adding batch by batch instead grows
+        each list's std::vector geometrically: ~28% more memory than the index needs
+        (measured: 1.96 GB resident for a 1.47 GB IVF-Flat).
+        """
+        assign = np.empty(len(store), np.int64)
+        a = 0
+        for batch in store.iter_batches(batch_size):
+            x = self._vectors(batch.embeddings, "vectors")
+            assign[a:a + len(x)] = ivf.quantizer.assign(x, 1).ravel()
+            a += len(x)
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        for lst, count in enumerate(np.bincount(assign, minlength=ivf.nlist).tolist()):
+            lists.resize(lst, count)
+            lists.resize(lst, 0)
+        a = 0
+        batches = store.iter_batches(batch_size)
+        while (batch := next(batches, None)) is not None:
+            x, idv, s = self._prepare_add(batch.embeddings, batch.ids)
+            n = len(idv)
+            coarse = np.ascontiguousarray(assign[a:a + n])
+            ivf.add_core(n, faiss.swig_ptr(x), faiss.swig_ptr(idv), faiss.swig_ptr(coarse))
+            self._record_ids(idv, s)
+            a += n
+            bar.update(n)
+            del batch, x
 
     @classmethod
     def build(cls, store: EmbeddingStore, spec: IndexSpec | None = None, *,
@@ -454,7 +519,9 @@ class VectorIndex:
         """Build an index from a store: train on a seeded sample drawn across all
         shards, then add shard by shard with the store's ids.
 
-        Memory: the training sample plus one batch plus the index.
+        Memory: the training sample, then one batch plus the index. Plain CPU IVF
+        indexes are filled in two passes (assign, then add) so that every inverted
+        list is allocated at its exact size.
 
         Parameters
         ----------
@@ -473,25 +540,36 @@ class VectorIndex:
             index.train(store.take(rows).embeddings)
         with tqdm(total=len(store), unit="vec", unit_scale=True, disable=not progress,
                   desc=f"adding to {index.spec.factory_string(index.dim)}") as bar:
-            for batch in store.iter_batches(batch_size):
+            ivf = index._reservable_ivf()
+            if ivf is not None:
+                index._build_ivf_reserved(ivf, store, batch_size, bar)
+                return index
+            batches = store.iter_batches(batch_size)
+            while (batch := next(batches, None)) is not None:
                 index.add(batch.embeddings, batch.ids, batch_size=batch_size)
                 bar.update(len(batch.ids))
+                del batch  # not alive while the next batch is read: one batch at a time
         return index
 
     # ------------------------------------------------------------------ searching
 
     def _apply(self, params: SearchParams) -> None:
+        if params.nprobe is not None and self._base_params.nprobe is None:
+            raise ValueError(f"nprobe applies to IVF indexes; this one is "
+                             f"{self.spec.factory_string(self.dim)}")
+        if params.ef_search is not None and self._base_params.ef_search is None:
+            raise ValueError(f"ef_search applies to HNSW indexes; this one is "
+                             f"{self.spec.factory_string(self.dim)}")
         ps = faiss.ParameterSpace() if self._kind == "cpu" else faiss.GpuParameterSpace()
-        if params.nprobe is not None:
-            if self._nlist is None:
-                raise ValueError(f"nprobe applies to IVF indexes; this one is "
-                                 f"{self.spec.factory_string(self.dim)}")
-            ps.set_index_parameter(self._index, "nprobe", int(params.nprobe))
-        if params.ef_search is not None:
-            if _hnsw_of(self._index) is None:
-                raise ValueError(f"ef_search applies to HNSW indexes; this one is "
-                                 f"{self.spec.factory_string(self.dim)}")
-            ps.set_index_parameter(self._index, "efSearch", int(params.ef_search))
+        base = self._base_params
+        if base.nprobe is not None:
+            ps.set_index_parameter(self._index, "nprobe",
+                                   int(params.nprobe if params.nprobe is not None
+                                       else base.nprobe))
+        if base.ef_search is not None:
+            ps.set_index_parameter(self._index, "efSearch",
+                                   int(params.ef_search if params.ef_search is not None
+                                       else base.ef_search))
 
     def search(self, queries: Any, k: int, params: SearchParams | None = None) -> SearchResult:
         """k nearest stored vectors of each query.
@@ -636,8 +714,6 @@ class VectorIndex:
         self.fp16, self.shard, self.device = bool(fp16), bool(shard), device
         self._kind, self._gpus = _parse_device(device)
         self._init_from_cpu(cpu)
-        self._idset = IdSet()
-        self._pos_ids, self._pos_cache = [], None
         if self._native_ids:
             ids = _ivf_ids(cpu)
         else:
@@ -645,10 +721,7 @@ class VectorIndex:
             if ids.shape != (cpu.ntotal,):
                 raise StoreError(f"{path / 'ids.npy'}: {ids.shape[0]} ids for {cpu.ntotal} "
                                  "vectors")
-            self._pos_ids = [ids] if ids.size else []
-        if ids.size:
-            self._idset.add_open(np.sort(ids))
-        self._next_id = int(meta["next_id"])
+        self._set_ids(ids, next_id=int(meta["next_id"]))
         return self
 
 

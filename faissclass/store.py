@@ -1054,6 +1054,8 @@ class EmbeddingStore:
                             paths[j] = p
                 except OSError as exc:
                     raise StoreError(f"{path}: read failed ({exc})") from exc
+        if uniq.size == r.size and (r.size < 2 or bool(np.all(r[1:] > r[:-1]))):
+            return Batch(emb, lab, ids, paths)  # already in order: no reordering copy
         return Batch(
             emb[inverse], lab[inverse], ids[inverse],
             None if paths is None else [paths[i] for i in inverse.tolist()],

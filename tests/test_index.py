@@ -127,6 +127,19 @@ def test_factory_string_index(data):
     assert fc.recall_at_k(res, ref, K) >= 0.95  # measured 0.97
 
 
+def test_search_params_do_not_leak_into_the_next_search(data):
+    X, _, Q, _ = data
+    idx = built(fc.IndexSpec(kind="hnsw", M=16), X[:5000])
+    default = idx.search(Q, K)
+    idx.search(Q, K, fc.SearchParams(ef_search=256))
+    again = idx.search(Q, K)
+    np.testing.assert_array_equal(again.ids, default.ids)
+    ivf = built(fc.IndexSpec(kind="ivf", nlist=64), X[:5000])
+    default = ivf.search(Q, K)
+    ivf.search(Q, K, fc.SearchParams(nprobe=64))
+    np.testing.assert_array_equal(ivf.search(Q, K).ids, default.ids)
+
+
 def test_default_params_are_used_and_overridden(data):
     X, _, Q, ref = data
     idx = built(fc.IndexSpec(kind="ivf", nlist=128), X)
