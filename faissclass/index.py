@@ -571,7 +571,8 @@ class VectorIndex:
                                    int(params.ef_search if params.ef_search is not None
                                        else base.ef_search))
 
-    def search(self, queries: Any, k: int, params: SearchParams | None = None) -> SearchResult:
+    def search(self, queries: Any, k: int, params: SearchParams | None = None, *,
+               batch_size: int = 16_384, progress: bool = False) -> SearchResult:
         """k nearest stored vectors of each query.
 
         Parameters
@@ -582,6 +583,10 @@ class VectorIndex:
             as FAISS does.
         params : SearchParams, optional
             Overrides ``self.params`` for this search.
+        batch_size : int
+            Queries per FAISS call (bounds FAISS's temporary memory).
+        progress : bool
+            Show a tqdm bar over queries.
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k must be a positive int; got {k!r}")
@@ -593,7 +598,15 @@ class VectorIndex:
             nprobe=p.nprobe if p.nprobe is not None else self.params.nprobe,
             ef_search=p.ef_search if p.ef_search is not None else self.params.ef_search)
         self._apply(merged)
-        dist, labels = self._index.search(q, int(k))
+        nq = q.shape[0]
+        dist = np.empty((nq, int(k)), np.float32)
+        labels = np.empty((nq, int(k)), np.int64)
+        with tqdm(total=nq, unit="query", unit_scale=True, disable=not progress,
+                  desc="searching") as bar:
+            for a in range(0, nq, max(1, int(batch_size))):
+                b = min(a + max(1, int(batch_size)), nq)
+                dist[a:b], labels[a:b] = self._index.search(q[a:b], int(k))
+                bar.update(b - a)
         if not self._native_ids:  # labels are positions: map them to ids, keep -1
             pos = self._positions()
             valid = labels >= 0

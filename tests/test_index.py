@@ -140,6 +140,15 @@ def test_search_params_do_not_leak_into_the_next_search(data):
     np.testing.assert_array_equal(ivf.search(Q, K).ids, default.ids)
 
 
+def test_batched_search_equals_one_call(data):
+    X, _, Q, _ = data
+    idx = built(fc.IndexSpec(kind="ivf", nlist=64), X)
+    one = idx.search(Q, K, fc.SearchParams(nprobe=4), batch_size=10**6)
+    many = idx.search(Q, K, fc.SearchParams(nprobe=4), batch_size=37)
+    np.testing.assert_array_equal(one.ids, many.ids)
+    np.testing.assert_array_equal(one.distances, many.distances)
+
+
 def test_default_params_are_used_and_overridden(data):
     X, _, Q, ref = data
     idx = built(fc.IndexSpec(kind="ivf", nlist=128), X)
