@@ -12,18 +12,22 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from ._validation import FaissclassError, StoreError
 from .store import Batch, EmbeddingStore, ShardInfo, ShardWriter
 
 # Names from layers with heavy imports (faiss), loaded on first use so that
 # `import faissclass` works with the core dependencies alone.
 _LAZY = {
-    name: "index"
-    for name in ("IndexSpec", "SearchParams", "SearchResult", "VectorIndex", "exact_search",
-                 "recall_at_k", "suggest_spec", "sweep", "training_rows")
+    **{name: "index"
+       for name in ("IndexSpec", "SearchParams", "SearchResult", "VectorIndex", "exact_search",
+                    "recall_at_k", "suggest_spec", "sweep", "training_rows")},
+    "KNNClassifier": "classify",
+    "PrototypeClassifier": "classify",
 }
 
 if TYPE_CHECKING:
+    from .classify import KNNClassifier, PrototypeClassifier
     from .index import (
         IndexSpec,
         SearchParams,
@@ -53,6 +57,8 @@ __all__ = [
     "EmbeddingStore",
     "FaissclassError",
     "IndexSpec",
+    "KNNClassifier",
+    "PrototypeClassifier",
     "SearchParams",
     "SearchResult",
     "ShardInfo",
@@ -61,6 +67,7 @@ __all__ = [
     "VectorIndex",
     "__version__",
     "exact_search",
+    "metrics",
     "recall_at_k",
     "suggest_spec",
     "sweep",

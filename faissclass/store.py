@@ -1061,6 +1061,27 @@ class EmbeddingStore:
             None if paths is None else [paths[i] for i in inverse.tolist()],
         )
 
+    def labels(self) -> np.ndarray:
+        """Every label, shape (n,) int64, reading only the labels (8 bytes a row)."""
+        return self._column("labels")
+
+    def ids(self) -> np.ndarray:
+        """Every id, shape (n,) int64, reading only the ids (8 bytes a row)."""
+        return self._column("ids")
+
+    def _column(self, name: str) -> np.ndarray:
+        out = np.empty(len(self), np.int64)
+        for i, info in enumerate(self._shards):
+            path = self.root / info.file
+            with _open_h5(path) as f:
+                ds = self._datasets(f, i)[name]
+                try:
+                    ds.read_direct(out, np.s_[0:info.rows],
+                                   np.s_[int(self._offsets[i]):int(self._offsets[i + 1])])
+                except OSError as exc:
+                    raise StoreError(f"{path}: read failed ({exc})") from exc
+        return out
+
     # ------------------------------------------------------------------ integrity
 
     def verify(self, *, progress: bool = False) -> None:
