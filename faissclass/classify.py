@@ -448,6 +448,13 @@ class PrototypeClassifier(_Base):
         self._check_fitted()
         q = self._prep(_as_queries(X, self.n_features_in_))
         C = len(self.classes_)
+        spec = self.index_.spec
+        if spec.kind == "flat" and self.index_.device == "cpu":
+            # Exact flat search over every prototype is one GEMM; asking the index
+            # for all C neighbours would add a top-C selection and a scatter (4x slower).
+            s = q @ self.prototypes_.T
+            return s.astype(np.float64) if spec.metric == "ip" else -(
+                (q * q).sum(1)[:, None] - 2 * s + (self.prototypes_ ** 2).sum(1)[None, :])
         res = self.index_.search(q, C)
         scores = np.full((q.shape[0], C), -np.inf)
         rows = np.broadcast_to(np.arange(q.shape[0])[:, None], res.ids.shape)

@@ -231,3 +231,14 @@ def test_bad_input(split):
         fc.KNNClassifier(weights="gaussian").fit(X, y)
     with pytest.raises(ValueError, match="label 'zzz' is not one of the fitted classes"):
         clf.evaluate(Q[:2], ["zzz", 0])
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_prototype_gemm_shortcut_equals_index_search(split, metric):
+    X, y, Q, _ = split
+    fast = fc.PrototypeClassifier(index=fc.IndexSpec(kind="flat", metric=metric)).fit(X, y)
+    via_index = fc.PrototypeClassifier(index=fc.IndexSpec(factory="Flat", metric=metric)).fit(X, y)
+    np.testing.assert_allclose(fast.predict_proba(Q), via_index.predict_proba(Q), atol=1e-4)
+    np.testing.assert_array_equal(fast.predict(Q), via_index.predict(Q))
+    hnsw = fc.PrototypeClassifier(index=fc.IndexSpec(kind="hnsw", M=8)).fit(X, y)
+    assert np.mean(hnsw.predict(Q) == fast.predict(Q)) >= 0.99  # 12 prototypes: ~exact
