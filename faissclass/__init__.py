@@ -24,10 +24,11 @@ _LAZY = {
                     "recall_at_k", "suggest_spec", "sweep", "training_rows")},
     "KNNClassifier": "classify",
     "PrototypeClassifier": "classify",
+    "hard_examples": "classify",
 }
 
 if TYPE_CHECKING:
-    from .classify import KNNClassifier, PrototypeClassifier
+    from .classify import KNNClassifier, PrototypeClassifier, hard_examples
     from .index import (
         IndexSpec,
         SearchParams,
@@ -67,6 +68,7 @@ __all__ = [
     "VectorIndex",
     "__version__",
     "exact_search",
+    "hard_examples",
     "metrics",
     "recall_at_k",
     "suggest_spec",

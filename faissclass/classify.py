@@ -25,7 +25,7 @@ from ._validation import check_embeddings
 from .index import IndexSpec, SearchParams, VectorIndex
 from .store import EmbeddingStore
 
-__all__ = ["KNNClassifier", "PrototypeClassifier"]
+__all__ = ["KNNClassifier", "PrototypeClassifier", "hard_examples"]
 
 Weights = Literal["uniform", "distance", "softmax"]
 
@@ -512,3 +512,109 @@ class PrototypeClassifier(_Base):
         self.sums_, self.counts_ = self.sums_[keep], self.counts_[keep]
         self._rebuild()
         return self
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Directory with running sums, counts, prototypes (npy) and parameters (JSON)."""
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "sums.npy", self.sums_)
+        np.save(path / "counts.npy", self.counts_)
+        if self.center:
+            np.save(path / "mean.npy", self.mean_)
+        meta = {"type": "PrototypeClassifier", "classes": _json_labels(self.classes_),
+                "center": self.center, "renormalize": self.renormalize,
+                "temperature": self.temperature,
+                "index": None if self.index is None else self.index.to_dict()}
+        (path / "classifier.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> PrototypeClassifier:
+        path = Path(path)
+        meta = json.loads((path / "classifier.json").read_text())
+        if meta.get("type") != "PrototypeClassifier":
+            raise ValueError(f"{path} holds a {meta.get('type')}, not a PrototypeClassifier")
+        self = cls(index=None if meta["index"] is None else IndexSpec.from_dict(meta["index"]),
+                   center=meta["center"], renormalize=meta["renormalize"],
+                   temperature=meta["temperature"], device=device)
+        self.classes_ = np.asarray(meta["classes"])
+        self.sums_ = np.load(path / "sums.npy")
+        self.counts_ = np.load(path / "counts.npy")
+        if self.center:
+            self.mean_ = np.load(path / "mean.npy")
+        self.n_features_in_ = self.sums_.shape[1]
+        self._rebuild()
+        return self
+
+
+def hard_examples(source: EmbeddingStore | KNNClassifier, classifier: PrototypeClassifier,
+                  label: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n`` stored vectors of *other* classes nearest to ``label``'s prototype.
+
+    These are the samples most likely to be confused with the class: the ones
+    worth labelling or checking first (seed study 001).
+
+    Parameters
+    ----------
+    source : EmbeddingStore or fitted KNNClassifier
+        A store is scanned exactly, batch by batch (bounded memory); a KNN
+        classifier is searched through its index (as exact as that index).
+    classifier : fitted PrototypeClassifier
+        Gives the prototype of ``label``.
+    label : class label
+    n : int
+
+    Returns
+    -------
+    ids : numpy.ndarray, shape (m,), int64
+        m = min(n, vectors of other classes), nearest first.
+    similarities : numpy.ndarray, shape (m,)
+    labels : numpy.ndarray, shape (m,)
+        Their (true) classes.
+    """
+    classifier._check_fitted()
+    names = _json_labels(classifier.classes_)
+    if label not in names:
+        raise ValueError(f"unknown class {label!r}")
+    if classifier.center:
+        raise ValueError("hard_examples compares raw vectors with prototypes; refit the "
+                         "classifier with center=False")
+    proto = classifier.prototypes_[names.index(label)][None, :]
+    if isinstance(source, KNNClassifier):
+        source._check_fitted()
+        total = source._ids.size
+        k = min(total, max(4 * n, 64))
+        while True:
+            res = source.index_.search(proto, k, source.search_params)
+            codes = source._codes_of(res.ids[0])
+            labs = np.asarray(_json_labels(source.classes_), dtype=object)
+            other = (res.ids[0] >= 0) & (codes >= 0)
+            other[other] = labs[codes[other]] != label
+            if other.sum() >= n or k >= total:
+                sel = np.flatnonzero(other)[:n]
+                return res.ids[0][sel], res.distances[0][sel], source.classes_[codes[sel]]
+            k = min(total, 4 * k)
+    if not isinstance(source, EmbeddingStore):
+        raise TypeError("source must be an EmbeddingStore or a fitted KNNClassifier")
+    store_names = source.classes
+    best_s = np.empty(0)
+    best_id = np.empty(0, np.int64)
+    best_lab = np.empty(0, np.int64)
+    for b in source.iter_batches(65_536):
+        blab = b.labels
+        own = (np.asarray(store_names, dtype=object)[blab] == label) if store_names is not None \
+            else (blab == label)
+        s = (b.embeddings @ proto[0])[~own]
+        best_s = np.concatenate([best_s, s])
+        best_id = np.concatenate([best_id, b.ids[~own]])
+        best_lab = np.concatenate([best_lab, blab[~own]])
+        if best_s.size > n:
+            keep = np.argsort(-best_s, kind="stable")[:n]
+            best_s, best_id, best_lab = best_s[keep], best_id[keep], best_lab[keep]
+    order = np.argsort(-best_s, kind="stable")[:n]
+    labs = best_lab[order]
+    return best_id[order], best_s[order], (np.asarray(store_names)[labs]
+                                           if store_names is not None else labs)

@@ -242,3 +242,31 @@ def test_prototype_gemm_shortcut_equals_index_search(split, metric):
     np.testing.assert_array_equal(fast.predict(Q), via_index.predict(Q))
     hnsw = fc.PrototypeClassifier(index=fc.IndexSpec(kind="hnsw", M=8)).fit(X, y)
     assert np.mean(hnsw.predict(Q) == fast.predict(Q)) >= 0.99  # 12 prototypes: ~exact
+
+
+def test_prototype_save_load_round_trip(tmp_path, split):
+    X, y, Q, _ = split
+    for clf in (fc.PrototypeClassifier().fit(X, y), fc.PrototypeClassifier(center=True).fit(X, y)):
+        clf.save(tmp_path / "p")
+        again = fc.PrototypeClassifier.load(tmp_path / "p")
+        np.testing.assert_array_equal(again.predict(Q), clf.predict(Q))
+        again.update(Q[:5], again.predict(Q[:5]))  # still incremental after loading
+
+
+def test_hard_examples_are_the_nearest_other_class_vectors(tmp_path, split):
+    X, y, _, _ = split
+    proto = fc.PrototypeClassifier().fit(X, y)
+    p = proto.prototypes_[3]
+    sims = X @ p
+    sims[y == 3] = -np.inf
+    want = np.argsort(-sims, kind="stable")[:15]
+    with fc.ShardWriter(tmp_path / "s", dim=D, dtype="float32", shard_size=700,
+                        fsync=False) as w:
+        w.append(X, y)
+    ids, s, labels = fc.hard_examples(fc.EmbeddingStore(tmp_path / "s"), proto, 3, 15)
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_allclose(s, sims[want], rtol=1e-5)
+    assert not (labels == 3).any()
+    ids2, _, labels2 = fc.hard_examples(fc.KNNClassifier(k=5).fit(X, y), proto, 3, 15)
+    np.testing.assert_array_equal(ids2, want)
+    np.testing.assert_array_equal(labels2, y[want])
