@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._validation import check_embeddings
-from .index import IndexSpec, SearchParams, VectorIndex
+from .index import IndexSpec, SearchParams, VectorIndex, kmeans
 from .store import EmbeddingStore
 
 __all__ = ["KNNClassifier", "PrototypeClassifier", "hard_examples"]
@@ -360,6 +360,13 @@ class PrototypeClassifier(_Base):
         Softmax temperature of ``predict_proba``.
     device : str
         Device of the prototype index.
+    n_prototypes : int
+        Prototypes per class. Above 1, seeded k-means (FAISS, spherical when
+        ``renormalize``) within each class; a class scores its best prototype.
+        Fitting then holds the data in memory, and ``update`` on an existing
+        class needs a refit (its samples are not kept).
+    seed : int
+        Seed of the k-means.
 
     Notes
     -----
@@ -369,12 +376,14 @@ class PrototypeClassifier(_Base):
 
     def __init__(self, index: IndexSpec | None = None, center: bool = False,
                  renormalize: bool = True, temperature: float = 0.07,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", n_prototypes: int = 1, seed: int = 0) -> None:
         self.index = index
         self.center = center
         self.renormalize = renormalize
         self.temperature = temperature
         self.device = device
+        self.n_prototypes = n_prototypes
+        self.seed = seed
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         if not self.center:
@@ -413,8 +422,12 @@ class PrototypeClassifier(_Base):
             if count == 0:
                 raise ValueError("fit() got no vectors")
             self.mean_ = (total / count).astype(np.float32)
+        if isinstance(self.n_prototypes, bool) or not isinstance(self.n_prototypes, int) \
+                or self.n_prototypes < 1:
+            raise ValueError(f"n_prototypes must be a positive int; got {self.n_prototypes!r}")
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
+        members: dict[int, list[np.ndarray]] = {}
         for x, lab in batches():
             z = self._prep(x)
             for code in np.unique(lab).tolist():
@@ -423,6 +436,8 @@ class PrototypeClassifier(_Base):
                 m = lab == code
                 sums[code] = sums.get(code, 0) + z[m].sum(axis=0, dtype=np.float64)
                 counts[code] = counts.get(code, 0) + int(m.sum())
+                if self.n_prototypes > 1:
+                    members.setdefault(code, []).append(z[m])
         if not sums:
             raise ValueError("fit() got no vectors")
         present = sorted(sums)
@@ -430,13 +445,25 @@ class PrototypeClassifier(_Base):
         self.sums_ = np.stack([sums[c] for c in present])
         self.counts_ = np.asarray([counts[c] for c in present], np.int64)
         self.n_features_in_ = dim
+        self._kprotos = [self._cluster(np.concatenate(members[c])) for c in present] \
+            if self.n_prototypes > 1 else None
         self._rebuild()
 
+    def _cluster(self, z: np.ndarray) -> np.ndarray:
+        return kmeans(z, self.n_prototypes, seed=self.seed, spherical=self.renormalize)
+
     def _rebuild(self) -> None:
-        protos = self.sums_ / self.counts_[:, None]
-        if self.renormalize:
-            protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
-        self.prototypes_ = protos.astype(np.float32)
+        if self._kprotos is not None:
+            self.prototypes_ = np.concatenate(self._kprotos).astype(np.float32)
+            sizes = [len(p) for p in self._kprotos]
+        else:
+            protos = self.sums_ / self.counts_[:, None]
+            if self.renormalize:
+                protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+            self.prototypes_ = protos.astype(np.float32)
+            sizes = [1] * len(protos)
+        self.prototype_class_ = np.repeat(np.arange(len(sizes)), sizes)
+        self._starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         spec = self.index or IndexSpec(kind="flat")
         idx = VectorIndex(self.n_features_in_, spec, device=self.device)
         if not idx.is_trained:
@@ -449,18 +476,20 @@ class PrototypeClassifier(_Base):
         q = self._prep(_as_queries(X, self.n_features_in_))
         C = len(self.classes_)
         spec = self.index_.spec
+        P = self.prototypes_
         if spec.kind == "flat" and self.index_.device == "cpu":
             # Exact flat search over every prototype is one GEMM; asking the index
-            # for all C neighbours would add a top-C selection and a scatter (4x slower).
-            s = q @ self.prototypes_.T
-            return s.astype(np.float64) if spec.metric == "ip" else -(
-                (q * q).sum(1)[:, None] - 2 * s + (self.prototypes_ ** 2).sum(1)[None, :])
-        res = self.index_.search(q, C)
+            # for all of them would add a top-k selection and a scatter (4x slower).
+            s = (q @ P.T).astype(np.float64)
+            if spec.metric == "l2":
+                s = -((q * q).sum(1)[:, None] - 2 * s + (P ** 2).sum(1)[None, :])
+            return s if len(P) == C else np.maximum.reduceat(s, self._starts, axis=1)
+        res = self.index_.search(q, len(P))
         scores = np.full((q.shape[0], C), -np.inf)
         rows = np.broadcast_to(np.arange(q.shape[0])[:, None], res.ids.shape)
         ok = res.ids >= 0
         sims = res.distances if self.index_.metric == "ip" else -res.distances
-        scores[rows[ok], res.ids[ok]] = sims[ok]
+        np.maximum.at(scores, (rows[ok], self.prototype_class_[res.ids[ok]]), sims[ok])
         return scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -482,6 +511,14 @@ class PrototypeClassifier(_Base):
             self.sums_ = np.vstack([self.sums_, np.zeros((grow, self.n_features_in_))])
             self.counts_ = np.concatenate([self.counts_, np.zeros(grow, np.int64)])
         z = self._prep(x)
+        if self._kprotos is not None:
+            old = np.unique(codes[codes < len(self._kprotos)])
+            if old.size:
+                raise NotImplementedError(
+                    f"n_prototypes={self.n_prototypes}: adding samples to existing class "
+                    f"{self.classes_[old[0]]!r} needs its earlier samples; refit instead")
+            for c in range(len(self._kprotos), len(self.classes_)):
+                self._kprotos.append(self._cluster(z[codes == c]))
         np.add.at(self.sums_, codes, z.astype(np.float64))
         self.counts_ += np.bincount(codes, minlength=len(self.counts_))
         self._rebuild()
@@ -510,6 +547,8 @@ class PrototypeClassifier(_Base):
         keep = np.arange(len(labels)) != i
         self.classes_ = self.classes_[keep]
         self.sums_, self.counts_ = self.sums_[keep], self.counts_[keep]
+        if self._kprotos is not None:
+            del self._kprotos[i]
         self._rebuild()
         return self
 
@@ -524,9 +563,12 @@ class PrototypeClassifier(_Base):
         np.save(path / "counts.npy", self.counts_)
         if self.center:
             np.save(path / "mean.npy", self.mean_)
+        if self._kprotos is not None:
+            np.savez(path / "kprotos.npz", *self._kprotos)
         meta = {"type": "PrototypeClassifier", "classes": _json_labels(self.classes_),
                 "center": self.center, "renormalize": self.renormalize,
-                "temperature": self.temperature,
+                "temperature": self.temperature, "n_prototypes": self.n_prototypes,
+                "seed": self.seed,
                 "index": None if self.index is None else self.index.to_dict()}
         (path / "classifier.json").write_text(json.dumps(meta, indent=1))
         return path
@@ -539,12 +581,17 @@ class PrototypeClassifier(_Base):
             raise ValueError(f"{path} holds a {meta.get('type')}, not a PrototypeClassifier")
         self = cls(index=None if meta["index"] is None else IndexSpec.from_dict(meta["index"]),
                    center=meta["center"], renormalize=meta["renormalize"],
-                   temperature=meta["temperature"], device=device)
+                   temperature=meta["temperature"], device=device,
+                   n_prototypes=meta["n_prototypes"], seed=meta["seed"])
         self.classes_ = np.asarray(meta["classes"])
         self.sums_ = np.load(path / "sums.npy")
         self.counts_ = np.load(path / "counts.npy")
         if self.center:
             self.mean_ = np.load(path / "mean.npy")
+        self._kprotos = None
+        if self.n_prototypes > 1:
+            with np.load(path / "kprotos.npz") as z:
+                self._kprotos = [z[f"arr_{i}"] for i in range(len(z.files))]
         self.n_features_in_ = self.sums_.shape[1]
         self._rebuild()
         return self
