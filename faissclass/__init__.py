@@ -21,14 +21,23 @@ from .store import Batch, EmbeddingStore, ShardInfo, ShardWriter
 _LAZY = {
     **{name: "index"
        for name in ("IndexSpec", "SearchParams", "SearchResult", "VectorIndex", "exact_search",
-                    "recall_at_k", "suggest_spec", "sweep", "training_rows")},
+                    "recall_at_k",
+    "select_prototypes", "suggest_spec", "sweep", "training_rows")},
     "KNNClassifier": "classify",
     "PrototypeClassifier": "classify",
     "hard_examples": "classify",
+    "select_prototypes": "classify",
+    "tune_per_class": "classify",
 }
 
 if TYPE_CHECKING:
-    from .classify import KNNClassifier, PrototypeClassifier, hard_examples
+    from .classify import (
+        KNNClassifier,
+        PrototypeClassifier,
+        hard_examples,
+        select_prototypes,
+        tune_per_class,
+    )
     from .index import (
         IndexSpec,
         SearchParams,
@@ -71,7 +80,9 @@ __all__ = [
     "hard_examples",
     "metrics",
     "recall_at_k",
+    "select_prototypes",
     "suggest_spec",
     "sweep",
     "training_rows",
+    "tune_per_class",
 ]

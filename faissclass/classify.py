@@ -25,7 +25,14 @@ from ._validation import check_embeddings
 from .index import IndexSpec, SearchParams, VectorIndex, kmeans
 from .store import EmbeddingStore
 
-__all__ = ["KNNClassifier", "PrototypeClassifier", "hard_examples"]
+__all__ = [
+    "KNNClassifier",
+    "PrototypeClassifier",
+    "eigenvector_centrality",
+    "hard_examples",
+    "select_prototypes",
+    "tune_per_class",
+]
 
 Weights = Literal["uniform", "distance", "softmax"]
 
@@ -665,3 +672,89 @@ def hard_examples(source: EmbeddingStore | KNNClassifier, classifier: PrototypeC
     labs = best_lab[order]
     return best_id[order], best_s[order], (np.asarray(store_names)[labs]
                                            if store_names is not None else labs)
+
+
+# --------------------------------------------------------------------------- prototype selection
+
+
+def eigenvector_centrality(Z: np.ndarray) -> np.ndarray:
+    """Eigenvector centrality of the cosine self-similarity graph of rows ``Z``.
+
+    Edge weights are max(cos, 0) without self-loops; the centrality is the
+    Perron eigenvector of that matrix, scaled to unit L2 norm (networkx's
+    ``eigenvector_centrality_numpy`` convention).
+    """
+    from scipy.sparse.linalg import eigsh
+
+    z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    S = np.maximum(z @ z.T, 0.0).astype(np.float64)
+    np.fill_diagonal(S, 0.0)
+    n = S.shape[0]
+    if n <= 2:
+        return np.full(n, 1 / np.sqrt(n))
+    _, vec = eigsh(S, k=1, which="LA", v0=np.ones(n))
+    v = np.abs(vec[:, 0])
+    return v / np.linalg.norm(v)
+
+
+def select_prototypes(X: Any, y: Any, per_class: int | dict[Any, int],
+                      method: Literal["centrality", "random"] = "centrality",
+                      seed: int = 0) -> np.ndarray:
+    """Row indices of the references to keep, per class.
+
+    ``method="centrality"`` keeps the samples with the *lowest* eigenvector
+    centrality in the class's cosine self-similarity graph (seed study 003):
+    the least typical ones, which cover the class's boundary. ``"random"`` is the
+    seeded baseline. Classes smaller than their count keep every sample.
+
+    Returns
+    -------
+    numpy.ndarray, int64, sorted
+    """
+    x = check_embeddings(X, dim=None, name="X", dtype=np.dtype(np.float32))
+    yy = np.asarray(y)
+    if yy.shape != (x.shape[0],):
+        raise ValueError(f"y must be 1-D with one label per row ({x.shape[0]}); got {yy.shape}")
+    if method not in ("centrality", "random"):
+        raise ValueError(f"method must be 'centrality' or 'random'; got {method!r}")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(yy):
+        rows = np.flatnonzero(yy == c)
+        count = per_class.get(c.item() if hasattr(c, "item") else c, 0) \
+            if isinstance(per_class, dict) else per_class
+        if count >= rows.size:
+            keep.append(rows)
+            continue
+        if method == "random":
+            keep.append(rng.choice(rows, size=count, replace=False))
+        else:
+            order = np.argsort(eigenvector_centrality(x[rows]), kind="stable")
+            keep.append(rows[order[:count]])
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+
+
+def tune_per_class(X: Any, y: Any, X_val: Any, y_val: Any,
+                   candidates: Sequence[int] = (1, 5, 10, 50, 100),
+                   method: Literal["centrality", "random"] = "centrality",
+                   seed: int = 0) -> dict[Any, int]:
+    """Each class's reference count, picked by its accuracy on a validation split.
+
+    For every candidate count, all classes keep that many references and the
+    validation set is classified by its nearest reference (1-NN); each class
+    then takes the count at which its own validation accuracy was highest
+    (ties: the smallest count).
+    """
+    yv = np.asarray(y_val)
+    classes = np.unique(np.asarray(y))
+    acc = np.zeros((len(candidates), classes.size))
+    for i, c in enumerate(candidates):
+        idx = select_prototypes(X, y, int(c), method=method, seed=seed)
+        pred = KNNClassifier(k=1, weights="uniform").fit(np.asarray(X)[idx],
+                                                          np.asarray(y)[idx]).predict(X_val)
+        for j, cls in enumerate(classes):
+            m = yv == cls
+            acc[i, j] = np.mean(pred[m] == cls) if m.any() else 0.0
+    best = acc.argmax(axis=0)  # first maximum: the smallest count
+    return {(cls.item() if hasattr(cls, "item") else cls): int(candidates[b])
+            for cls, b in zip(classes, best, strict=True)}

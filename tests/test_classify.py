@@ -309,3 +309,35 @@ def test_several_prototypes_per_class(tmp_path):
         three.update(Q[:3], yq[:3])
     three.add_class(9, Q[:20]).remove_class(0)
     assert list(three.classes_) == [1, 2, 3, 9] and three.prototypes_.shape == (12, d)
+
+
+def test_eigenvector_centrality_matches_networkx(rng):
+    import networkx as nx
+
+    from faissclass.classify import eigenvector_centrality
+
+    Z = rng.standard_normal((40, 6)) + 1.0  # mostly positive cosines
+    Zn = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+    S = np.maximum(Zn @ Zn.T, 0)
+    np.fill_diagonal(S, 0)
+    ref = nx.eigenvector_centrality_numpy(nx.from_numpy_array(S), weight="weight")
+    np.testing.assert_allclose(eigenvector_centrality(Z), [ref[i] for i in range(40)],
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_select_prototypes_keeps_the_least_central(split):
+    from faissclass.classify import eigenvector_centrality
+
+    X, y, Q, yq = split
+    idx = fc.select_prototypes(X, y, 5)
+    assert idx.size == 12 * 5 and np.all(np.diff(idx) > 0)
+    rows = np.flatnonzero(y == 4)
+    cent = eigenvector_centrality(X[rows])
+    want = rows[np.argsort(cent, kind="stable")[:5]]
+    np.testing.assert_array_equal(idx[np.isin(idx, rows)], np.sort(want))
+    rnd = fc.select_prototypes(X, y, 5, method="random", seed=1)
+    assert rnd.size == 60 and not np.array_equal(rnd, idx)
+    counts = fc.tune_per_class(X, y, Q, yq, candidates=(1, 5, 20))
+    assert set(counts) == set(range(12)) and set(counts.values()) <= {1, 5, 20}
+    sel = fc.select_prototypes(X, y, counts)
+    assert sel.size == sum(min(c, int((y == k).sum())) for k, c in counts.items())
