@@ -717,21 +717,26 @@ def select_prototypes(X: Any, y: Any, per_class: int | dict[Any, int],
         raise ValueError(f"y must be 1-D with one label per row ({x.shape[0]}); got {yy.shape}")
     if method not in ("centrality", "random"):
         raise ValueError(f"method must be 'centrality' or 'random'; got {method!r}")
-    rng = np.random.default_rng(seed)
+    ranking = _rankings(x, yy, method, seed)
     keep = []
-    for c in np.unique(yy):
-        rows = np.flatnonzero(yy == c)
-        count = per_class.get(c.item() if hasattr(c, "item") else c, 0) \
-            if isinstance(per_class, dict) else per_class
-        if count >= rows.size:
-            keep.append(rows)
-            continue
+    for c, rows in ranking.items():
+        count = per_class.get(c, 0) if isinstance(per_class, dict) else per_class
+        keep.append(rows[:count])
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+
+
+def _rankings(x: np.ndarray, y: np.ndarray, method: str, seed: int) -> dict[Any, np.ndarray]:
+    """Per class, its rows in the order they are kept (least central / seeded shuffle)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
         if method == "random":
-            keep.append(rng.choice(rows, size=count, replace=False))
+            out[c.item() if hasattr(c, "item") else c] = rng.permutation(rows)
         else:
             order = np.argsort(eigenvector_centrality(x[rows]), kind="stable")
-            keep.append(rows[order[:count]])
-    return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+            out[c.item() if hasattr(c, "item") else c] = rows[order]
+    return out
 
 
 def tune_per_class(X: Any, y: Any, X_val: Any, y_val: Any,
@@ -745,13 +750,14 @@ def tune_per_class(X: Any, y: Any, X_val: Any, y_val: Any,
     then takes the count at which its own validation accuracy was highest
     (ties: the smallest count).
     """
-    yv = np.asarray(y_val)
-    classes = np.unique(np.asarray(y))
+    x = check_embeddings(X, dim=None, name="X", dtype=np.dtype(np.float32))
+    yy, yv = np.asarray(y), np.asarray(y_val)
+    classes = np.unique(yy)
+    ranking = _rankings(x, yy, method, seed)  # once, then sliced per candidate
     acc = np.zeros((len(candidates), classes.size))
     for i, c in enumerate(candidates):
-        idx = select_prototypes(X, y, int(c), method=method, seed=seed)
-        pred = KNNClassifier(k=1, weights="uniform").fit(np.asarray(X)[idx],
-                                                          np.asarray(y)[idx]).predict(X_val)
+        idx = np.sort(np.concatenate([rows[:int(c)] for rows in ranking.values()]))
+        pred = KNNClassifier(k=1, weights="uniform").fit(x[idx], yy[idx]).predict(X_val)
         for j, cls in enumerate(classes):
             m = yv == cls
             acc[i, j] = np.mean(pred[m] == cls) if m.any() else 0.0

@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-dev}"
+# Real images for the slow tests and the demo: Debian's dataset-fashion-mnist.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+        >/dev/null || echo "setup.sh: could not install dataset-fashion-mnist; its tests will skip" >&2
+fi
 py="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
