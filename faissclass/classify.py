@@ -698,14 +698,17 @@ def eigenvector_centrality(Z: np.ndarray) -> np.ndarray:
 
 
 def select_prototypes(X: Any, y: Any, per_class: int | dict[Any, int],
-                      method: Literal["centrality", "random"] = "centrality",
+                      method: Literal["centrality", "central", "random"] = "centrality",
                       seed: int = 0) -> np.ndarray:
     """Row indices of the references to keep, per class.
 
     ``method="centrality"`` keeps the samples with the *lowest* eigenvector
-    centrality in the class's cosine self-similarity graph (seed study 003):
-    the least typical ones, which cover the class's boundary. ``"random"`` is the
-    seeded baseline. Classes smaller than their count keep every sample.
+    centrality in the class's cosine self-similarity graph (seed study 003): the
+    least typical ones. ``"central"`` keeps the *highest* (the most typical), and
+    ``"random"`` is the seeded baseline. Classes smaller than their count keep
+    every sample. On Fashion-MNIST pixels, "centrality" is far worse than the
+    plain class mean (see benchmarks/RESULTS.md): the least central samples are
+    outliers lying among other classes.
 
     Returns
     -------
@@ -715,8 +718,8 @@ def select_prototypes(X: Any, y: Any, per_class: int | dict[Any, int],
     yy = np.asarray(y)
     if yy.shape != (x.shape[0],):
         raise ValueError(f"y must be 1-D with one label per row ({x.shape[0]}); got {yy.shape}")
-    if method not in ("centrality", "random"):
-        raise ValueError(f"method must be 'centrality' or 'random'; got {method!r}")
+    if method not in ("centrality", "central", "random"):
+        raise ValueError(f"method must be 'centrality', 'central' or 'random'; got {method!r}")
     ranking = _rankings(x, yy, method, seed)
     keep = []
     for c, rows in ranking.items():
@@ -734,14 +737,15 @@ def _rankings(x: np.ndarray, y: np.ndarray, method: str, seed: int) -> dict[Any,
         if method == "random":
             out[c.item() if hasattr(c, "item") else c] = rng.permutation(rows)
         else:
-            order = np.argsort(eigenvector_centrality(x[rows]), kind="stable")
+            cent = eigenvector_centrality(x[rows])
+            order = np.argsort(cent if method == "centrality" else -cent, kind="stable")
             out[c.item() if hasattr(c, "item") else c] = rows[order]
     return out
 
 
 def tune_per_class(X: Any, y: Any, X_val: Any, y_val: Any,
                    candidates: Sequence[int] = (1, 5, 10, 50, 100),
-                   method: Literal["centrality", "random"] = "centrality",
+                   method: Literal["centrality", "central", "random"] = "centrality",
                    seed: int = 0) -> dict[Any, int]:
     """Each class's reference count, picked by its accuracy on a validation split.
 

@@ -335,6 +335,9 @@ def test_select_prototypes_keeps_the_least_central(split):
     cent = eigenvector_centrality(X[rows])
     want = rows[np.argsort(cent, kind="stable")[:5]]
     np.testing.assert_array_equal(idx[np.isin(idx, rows)], np.sort(want))
+    top = fc.select_prototypes(X, y, 5, method="central")
+    np.testing.assert_array_equal(top[np.isin(top, rows)],
+                                  np.sort(rows[np.argsort(-cent, kind="stable")[:5]]))
     rnd = fc.select_prototypes(X, y, 5, method="random", seed=1)
     assert rnd.size == 60 and not np.array_equal(rnd, idx)
     counts = fc.tune_per_class(X, y, Q, yq, candidates=(1, 5, 20))
