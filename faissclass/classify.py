@@ -102,6 +102,22 @@ class _Base(ClassifierMixin, BaseEstimator):
     def _scores(self, X: Any) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _write_meta(self, path: Path, **meta: Any) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"type": type(self).__name__, "classes": _json_labels(self.classes_), **meta}
+        (path / "classifier.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def _read_meta(cls, path: Path) -> dict[str, Any]:
+        try:
+            meta = json.loads((path / "classifier.json").read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: not a saved classifier (no classifier.json)") from None
+        if meta.get("type") != cls.__name__:
+            raise ValueError(f"{path} holds a {meta.get('type')}, not a {cls.__name__}")
+        return meta
+
 
 # --------------------------------------------------------------------------- kNN
 
@@ -317,19 +333,15 @@ class KNNClassifier(_Base):
         self.index_.save(path / "index")
         np.save(path / "ids.npy", self._ids)
         np.save(path / "codes.npy", self._codes)
-        meta = {"type": "KNNClassifier", "classes": _json_labels(self.classes_),
-                "k": int(self.k), "weights": self.weights, "temperature": self.temperature,
-                "search_params": None if self.search_params is None
-                else self.search_params.to_dict(), "batch_size": self.batch_size}
-        (path / "classifier.json").write_text(json.dumps(meta, indent=1))
-        return path
+        return self._write_meta(
+            path, k=int(self.k), weights=self.weights, temperature=self.temperature,
+            search_params=None if self.search_params is None else self.search_params.to_dict(),
+            batch_size=self.batch_size)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> KNNClassifier:
         path = Path(path)
-        meta = json.loads((path / "classifier.json").read_text())
-        if meta.get("type") != "KNNClassifier":
-            raise ValueError(f"{path} holds a {meta.get('type')}, not a KNNClassifier")
+        meta = cls._read_meta(path)
         index = VectorIndex.load(path / "index", device=device)
         sp = meta["search_params"]
         self = cls(k=meta["k"], weights=meta["weights"], temperature=meta["temperature"],
@@ -572,20 +584,15 @@ class PrototypeClassifier(_Base):
             np.save(path / "mean.npy", self.mean_)
         if self._kprotos is not None:
             np.savez(path / "kprotos.npz", *self._kprotos)
-        meta = {"type": "PrototypeClassifier", "classes": _json_labels(self.classes_),
-                "center": self.center, "renormalize": self.renormalize,
-                "temperature": self.temperature, "n_prototypes": self.n_prototypes,
-                "seed": self.seed,
-                "index": None if self.index is None else self.index.to_dict()}
-        (path / "classifier.json").write_text(json.dumps(meta, indent=1))
-        return path
+        return self._write_meta(
+            path, center=self.center, renormalize=self.renormalize,
+            temperature=self.temperature, n_prototypes=self.n_prototypes, seed=self.seed,
+            index=None if self.index is None else self.index.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> PrototypeClassifier:
         path = Path(path)
-        meta = json.loads((path / "classifier.json").read_text())
-        if meta.get("type") != "PrototypeClassifier":
-            raise ValueError(f"{path} holds a {meta.get('type')}, not a PrototypeClassifier")
+        meta = cls._read_meta(path)
         self = cls(index=None if meta["index"] is None else IndexSpec.from_dict(meta["index"]),
                    center=meta["center"], renormalize=meta["renormalize"],
                    temperature=meta["temperature"], device=device,

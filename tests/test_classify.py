@@ -346,3 +346,12 @@ def test_select_prototypes_keeps_the_least_central(split):
     assert set(counts) == set(range(12)) and set(counts.values()) <= {1, 5, 20}
     sel = fc.select_prototypes(X, y, counts)
     assert sel.size == sum(min(c, int((y == k).sum())) for k, c in counts.items())
+
+
+def test_loading_the_wrong_classifier_type_is_an_error(tmp_path, split):
+    X, y, _, _ = split
+    fc.PrototypeClassifier().fit(X, y).save(tmp_path / "p")
+    with pytest.raises(ValueError, match="holds a PrototypeClassifier, not a KNNClassifier"):
+        fc.KNNClassifier.load(tmp_path / "p")
+    with pytest.raises(ValueError, match="not a saved classifier"):
+        fc.PrototypeClassifier.load(tmp_path / "nothing")
