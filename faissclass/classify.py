@@ -65,19 +65,22 @@ class _Base(ClassifierMixin, BaseEstimator):
         if yy.ndim != 1 or yy.shape[0] != n:
             raise ValueError(f"y must be 1-D with one label per row ({n}); got shape {yy.shape}")
         pos = {c: i for i, c in enumerate(_json_labels(self.classes_))}
-        out = np.empty(n, np.int64)
+        # A Python loop over the distinct labels only, not over the rows.
+        uniq, first, inverse = np.unique(yy, return_index=True, return_inverse=True)
+        codes = np.empty(uniq.size, np.int64)
         new = []
-        for i, v in enumerate(_json_labels(yy)):
+        for j in np.argsort(first, kind="stable"):  # new classes in order of appearance
+            v = _json_labels(uniq[j:j + 1])[0]
             code = pos.get(v)
             if code is None:
                 if not grow:
                     raise ValueError(f"label {v!r} is not one of the fitted classes")
                 code = pos[v] = len(pos)
                 new.append(v)
-            out[i] = code
+            codes[j] = code
         if new:
             self.classes_ = np.asarray(_json_labels(self.classes_) + new)
-        return out
+        return codes[inverse.reshape(-1)]
 
     def predict(self, X: Any) -> np.ndarray:
         """Most likely class of each row, shape (n,)."""
