@@ -20,8 +20,8 @@ def _demo(args: argparse.Namespace) -> int:
     from sklearn.model_selection import train_test_split
 
     import faissclass as fc
-    from faissclass.data import FASHION_MNIST_CLASSES, load_fashion_mnist
-    from faissclass.embed import ArrayDataset, Embedder
+    from faissclass.data import FASHION_MNIST_CLASSES, ArrayDataset, load_fashion_mnist
+    from faissclass.embed import Embedder
     from faissclass.metrics import topk_accuracy
 
     out = Path(args.out)

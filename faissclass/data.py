@@ -1,20 +1,35 @@
-"""Dataset readers. No torch here: readers return numpy arrays.
+"""Datasets and readers. No torch here: datasets hand out PIL images.
 
-So far: the idx format of (Fashion-)MNIST, as shipped by the Debian package
-``dataset-fashion-mnist`` under /usr/share/datasets/fashion-mnist.
+Every dataset has ``ids`` (int64, stable), ``labels`` (int64 indices into
+``classes``), ``paths`` (str) and ``image(i)`` (a PIL RGB image; grayscale,
+palette, CMYK and alpha images are converted). Layouts: in-memory arrays,
+ImageFolder (root/class/*.jpg), Tiny ImageNet, and the idx files of
+(Fashion-)MNIST shipped by the Debian package ``dataset-fashion-mnist``.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ._validation import StoreError
 
-__all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "load_fashion_mnist", "read_idx"]
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "ArrayDataset",
+    "ImageFolder",
+    "TinyImageNet",
+    "load_fashion_mnist",
+    "read_idx",
+]
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -60,3 +75,151 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike[str] = FASH
     if images.shape[0] != labels.shape[0]:
         raise StoreError(f"{root}: {images.shape[0]} {split} images but {labels.shape[0]} labels")
     return images, labels
+
+
+def _rgb(img: Any) -> Any:
+    from PIL import Image
+
+    if not isinstance(img, Image.Image):
+        img = Image.fromarray(np.asarray(img))
+    if img.mode in ("P", "PA", "LA", "RGBA"):  # palette/alpha: via RGBA onto white
+        img = img.convert("RGBA")
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img, mask=img.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+class ArrayDataset:
+    """Images in memory (n, H, W) or (n, H, W, 3) uint8, or PIL images, with labels.
+
+    ids default to 0..n-1, paths to ``"array:<i>"``.
+    """
+
+    def __init__(self, images: Any, labels: Any, ids: Any = None,
+                 paths: Sequence[str] | None = None, classes: Sequence[str] | None = None
+                 ) -> None:
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        n = len(images)
+        if self.labels.shape != (n,):
+            raise ValueError(f"{n} images but labels of shape {self.labels.shape}")
+        self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        self.paths = list(paths) if paths is not None else [f"array:{i}" for i in range(n)]
+        self.classes = None if classes is None else list(classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, i: int) -> Any:
+        return _rgb(self.images[i])
+
+
+class _FileDataset:
+    """Images on disk: ``paths`` relative to ``root``."""
+
+    root: Path
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> Any:
+        """The i-th image as RGB. Raises OSError naming the file if it is unreadable."""
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.root / self.paths[i]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _rgb(img)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise OSError(f"{path}: unreadable image ({exc})") from exc
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class ImageFolder(_FileDataset):
+    """root/<class>/*.jpg (any depth below the class folder is not searched).
+
+    Classes are the sorted sub-folder names; ids number the images in sorted
+    (class, file name) order, so they are stable across runs.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such directory")
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not self.classes:
+            raise ValueError(f"{self.root}: no class folders (expected root/<class>/*.jpg)")
+        paths, labels = [], []
+        for c, name in enumerate(self.classes):
+            files = _images_in(self.root / name)
+            if not files:
+                raise ValueError(f"{self.root / name}: class {name!r} has no images")
+            paths += [str(f.relative_to(self.root)) for f in files]
+            labels += [c] * len(files)
+        self.paths, self.labels = paths, np.asarray(labels, np.int64)
+        self.ids = np.arange(len(paths), dtype=np.int64)
+
+
+class TinyImageNet(_FileDataset):
+    """The official Tiny ImageNet layout.
+
+    train/<wnid>/images/*.JPEG; val/images/*.JPEG with val/val_annotations.txt
+    (file, wnid, box); wnids.txt fixes the class order; words.txt gives readable
+    names (``class_names``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train") -> None:
+        self.root = Path(root)
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
+        wnids_file = self.root / "wnids.txt"
+        if not wnids_file.is_file():
+            raise FileNotFoundError(f"{wnids_file} missing: not a Tiny ImageNet root")
+        self.classes = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+        index = {w: i for i, w in enumerate(self.classes)}
+        words = {}
+        if (self.root / "words.txt").is_file():
+            for line in (self.root / "words.txt").read_text().splitlines():
+                if "\t" in line:
+                    w, name = line.split("\t", 1)
+                    words[w] = name.split(",")[0].strip()
+        self.class_names = [words.get(w, w) for w in self.classes]
+        paths, labels = [], []
+        if split == "train":
+            for w in self.classes:
+                folder = self.root / "train" / w / "images"
+                files = _images_in(folder) if folder.is_dir() else []
+                if not files:
+                    raise ValueError(f"{folder}: class {w!r} has no images")
+                paths += [str(f.relative_to(self.root)) for f in files]
+                labels += [index[w]] * len(files)
+        else:
+            ann = self.root / "val" / "val_annotations.txt"
+            if not ann.is_file():
+                raise FileNotFoundError(f"{ann} missing: Tiny ImageNet val needs its "
+                                        "annotation file")
+            for n, line in enumerate(ann.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                if len(parts) < 2:
+                    raise ValueError(f"{ann}:{n}: expected 'file<TAB>wnid...', got {line!r}")
+                if parts[1] not in index:
+                    raise ValueError(f"{ann}:{n}: wnid {parts[1]!r} is not in {wnids_file}")
+                paths.append(f"val/images/{parts[0]}")
+                labels.append(index[parts[1]])
+            order = np.argsort(paths, kind="stable")
+            paths = [paths[i] for i in order]
+            labels = [labels[i] for i in order]
+        self.paths, self.labels = paths, np.asarray(labels, np.int64)
+        self.ids = np.arange(len(paths), dtype=np.int64)

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 try:
     import timm
     import torch
-    from PIL import Image
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("faissclass.embed needs torch, torchvision, timm and pillow: "
                       "pip install 'faissclass[embed]'") from _exc
 
+from .data import ArrayDataset
 from .store import ShardWriter
 
 __all__ = ["ArrayDataset", "Embedder", "load_offline_efficientnet_lite"]
@@ -76,37 +76,32 @@ def load_offline_efficientnet_lite(model_name: str, num_classes: int = 1000) -> 
     return model.eval()
 
 
-class ArrayDataset(torch.utils.data.Dataset):
-    """Images in memory (n, H, W) or (n, H, W, 3) uint8, or PIL images, with labels.
+class _TorchView(torch.utils.data.Dataset):
+    """A faissclass dataset as a torch Dataset of (tensor | None, label, id, path)."""
 
-    Yields (transformed image, label, id, path). ids default to 0..n-1, paths to
-    ``"array:<i>"``. Grayscale, palette and alpha images become RGB.
-    """
-
-    def __init__(self, images: Any, labels: Any, ids: Any = None,
-                 paths: Sequence[str] | None = None, transform: Any = None) -> None:
-        self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
-        n = len(images)
-        if self.labels.shape != (n,):
-            raise ValueError(f"{n} images but labels of shape {self.labels.shape}")
-        self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-        self.paths = list(paths) if paths is not None else [f"array:{i}" for i in range(n)]
-        self.transform = transform
+    def __init__(self, dataset: Any, rows: Sequence[int], transform: Any) -> None:
+        self.dataset, self.rows, self.transform = dataset, list(rows), transform
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.rows)
 
-    def image(self, i: int) -> Image.Image:
-        img = self.images[i]
-        if not isinstance(img, Image.Image):
-            img = Image.fromarray(np.asarray(img))
-        return img.convert("RGB")
+    def __getitem__(self, j: int) -> tuple[Any, int, int, str, str | None]:
+        i = self.rows[j]
+        ds = self.dataset
+        try:
+            x, err = self.transform(ds.image(i)), None
+        except OSError as exc:  # unreadable or corrupt file: reported, not fatal
+            x, err = None, str(exc)
+        return x, int(ds.labels[i]), int(ds.ids[i]), str(ds.paths[i]), err
 
-    def __getitem__(self, i: int) -> tuple[Any, int, int, str]:
-        img = self.image(i)
-        return (self.transform(img) if self.transform else img, int(self.labels[i]),
-                int(self.ids[i]), self.paths[i])
+
+def _collate(items: list[tuple[Any, int, int, str, str | None]]) -> dict[str, Any]:
+    ok = [t for t in items if t[0] is not None]
+    return {"x": torch.stack([t[0] for t in ok]) if ok else None,
+            "labels": np.asarray([t[1] for t in ok], np.int64),
+            "ids": np.asarray([t[2] for t in ok], np.int64),
+            "paths": [t[3] for t in ok],
+            "failed": [(t[3], t[4]) for t in items if t[0] is None]}
 
 
 class Embedder:
@@ -191,29 +186,51 @@ class Embedder:
         f = torch.nn.functional.normalize(f.float(), dim=1)
         return f.cpu().numpy()
 
-    def embed_dataset(self, dataset: ArrayDataset, writer: ShardWriter, *, batch_size: int = 64,
-                      num_workers: int = 0, progress: bool = True) -> dict[str, float]:
+    def embed_dataset(self, dataset: Any, writer: ShardWriter, *, batch_size: int = 64,
+                      num_workers: int = 0, progress: bool = True,
+                      on_error: str = "skip") -> dict[str, Any]:
         """Embed every item whose id is not yet in ``writer``; returns timing figures.
+
+        Parameters
+        ----------
+        dataset : ArrayDataset, ImageFolder, TinyImageNet, ...
+            Anything with ``ids``, ``labels``, ``paths`` and ``image(i)``.
+        on_error : {"skip", "raise"}
+            An unreadable or corrupt image is skipped with a warning and listed in
+            the store's manifest (``EmbeddingStore.info["unreadable"]``), or raises.
 
         Resumable: an interrupted run restarted with the same arguments embeds only
         what the store lacks and ends with the same rows.
         """
-        dataset.transform = self.transform
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
         todo = np.flatnonzero(~writer.contains(dataset.ids)) if len(dataset) else np.empty(0, int)
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, todo.tolist()), batch_size=batch_size,
+            _TorchView(dataset, todo.tolist(), self.transform), batch_size=batch_size,
             shuffle=False, num_workers=num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False)
+            collate_fn=_collate)
+        failed: list[tuple[str, str]] = []
         t0 = time.perf_counter()
         done = 0
         with tqdm(total=len(todo), unit="img", disable=not progress,
                   desc=f"embedding with {self.model_name}") as bar:
-            for x, y, ids, paths in loader:
-                emb = self.embed_batch(x)
-                writer.append(emb, y.numpy(), ids.numpy(), paths=list(paths))
-                done += len(y)
-                bar.update(len(y))
+            for batch in loader:
+                if batch["failed"]:
+                    if on_error == "raise":
+                        raise OSError(batch["failed"][0][1])
+                    for _, err in batch["failed"]:
+                        log.warning("skipping %s", err)
+                    failed += batch["failed"]
+                if batch["x"] is not None:
+                    emb = self.embed_batch(batch["x"])
+                    writer.append(emb, batch["labels"], batch["ids"], paths=batch["paths"])
+                n = len(batch["ids"]) + len(batch["failed"])
+                done += len(batch["ids"])
+                bar.update(n)
                 bar.set_postfix(img_s=f"{done / max(time.perf_counter() - t0, 1e-9):.0f}")
+        if failed:
+            known = writer.info.get("unreadable", [])
+            writer.set_info("unreadable", sorted({*known, *(p for p, _ in failed)}))
         dt = time.perf_counter() - t0
         return {"images": float(done), "seconds": dt, "images_per_s": done / dt if dt else 0.0,
-                "skipped": float(len(dataset) - len(todo))}
+                "skipped": float(len(dataset) - len(todo)), "unreadable": [p for p, _ in failed]}

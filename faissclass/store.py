@@ -611,6 +611,18 @@ class ShardWriter:
     def metadata(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._manifest.get("metadata", {})))
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """Run records (e.g. unreadable inputs); unlike metadata, not checked on resume."""
+        return json.loads(json.dumps(self._manifest.get("info", {})))
+
+    def set_info(self, key: str, value: Any) -> None:
+        """Record ``value`` under ``key`` in the manifest's ``info`` (written now)."""
+        if self._closed:
+            raise ValueError(f"ShardWriter for {self.root} is closed")
+        self._manifest.setdefault("info", {})[str(key)] = _json_roundtrip(value, "info value")
+        self._write_manifest()
+
     def stored_ids(self) -> np.ndarray:
         """Sorted int64 ids of every row appended so far (completed or in progress)."""
         return self._ids.all()
@@ -924,6 +936,11 @@ class EmbeddingStore:
     def metadata(self) -> dict[str, Any]:
         """The caller's metadata (a copy)."""
         return json.loads(json.dumps(self._manifest.get("metadata", {})))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Run records set by the writer (e.g. ``unreadable`` inputs), a copy."""
+        return json.loads(json.dumps(self._manifest.get("info", {})))
 
     @property
     def provenance(self) -> dict[str, Any]:

