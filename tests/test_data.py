@@ -43,3 +43,36 @@ def test_prototypes_on_real_fashion_mnist_match_sklearn():
     nc.centroids_ /= np.linalg.norm(nc.centroids_, axis=1, keepdims=True)
     np.testing.assert_array_equal(ours.predict(q), nc.predict(q))
     assert ours.score(q, yq) > 0.65  # pixels, cosine to class means: measured 0.670
+
+
+def test_splits_are_stratified_seeded_and_restorable(tmp_path, rng):
+    from faissclass.data import load_splits, make_splits, save_splits
+
+    y = np.repeat(np.arange(5), [100, 50, 30, 11, 9])
+    s = make_splits(y, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    allrows = np.concatenate(list(s.values()))
+    np.testing.assert_array_equal(np.sort(allrows), np.arange(y.size))  # a partition
+    for c, n in enumerate([100, 50, 30, 11, 9]):
+        got = [int((y[s[k]] == c).sum()) for k in ("train", "val", "test")]
+        assert sum(got) == n and abs(got[0] - 0.8 * n) <= 1 and abs(got[1] - 0.1 * n) <= 1
+    again = make_splits(y, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    assert all(np.array_equal(s[k], again[k]) for k in s)
+    other = make_splits(y, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=4)
+    assert not np.array_equal(s["val"], other["val"])
+    save_splits(tmp_path / "splits.json", s, dataset="toy", seed=3)
+    back, meta = load_splits(tmp_path / "splits.json")
+    assert meta == {"dataset": "toy", "seed": 3}
+    assert all(np.array_equal(s[k], back[k]) for k in s)
+    with pytest.raises(ValueError, match="sum to 1"):
+        make_splits(y, {"a": 0.5, "b": 0.4})
+
+
+def test_label_file_dataset(tmp_path):
+    from faissclass.data import LabelFileDataset
+
+    (tmp_path / "val.txt").write_text("b.JPEG n02\na.JPEG 0\n\nc.JPEG,n01\n")
+    ds = LabelFileDataset(tmp_path, tmp_path / "val.txt", ["n01", "n02"])
+    assert ds.paths == ["a.JPEG", "b.JPEG", "c.JPEG"] and list(ds.labels) == [0, 1, 0]
+    (tmp_path / "bad.txt").write_text("a.JPEG n77\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:1: label 'n77' is not one of the 2"):
+        LabelFileDataset(tmp_path, tmp_path / "bad.txt", ["n01", "n02"])
