@@ -1,4 +1,4 @@
-"""Command line: ``faissclass demo`` (more subcommands arrive with the pipeline).
+"""Command line: ``faissclass embed | build | eval | predict | demo``.
 
 Uses the public API only; prints results (the one place in faissclass that does).
 """
@@ -22,7 +22,6 @@ def _demo(args: argparse.Namespace) -> int:
     import faissclass as fc
     from faissclass.data import FASHION_MNIST_CLASSES, ArrayDataset, load_fashion_mnist
     from faissclass.embed import Embedder
-    from faissclass.metrics import topk_accuracy
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,51 +46,180 @@ def _demo(args: argparse.Namespace) -> int:
                                                   progress=not args.quiet)
     train = fc.EmbeddingStore(out / "emb" / "train")
     test = fc.EmbeddingStore(out / "emb" / "test")
-    Q, yq_codes, _ = test.load()
-    names = np.asarray(FASHION_MNIST_CLASSES)
-    yq = names[yq_codes]
-    n = len(train)
-    # FAISS: 4·√n cells, and at least 39 training points per cell.
-    nlist = max(4, 2 ** int(math.log2(max(4.0, min(4 * math.sqrt(n), n / 39)))))
     embed_s = sum(s["seconds"] for s in stats.values())
-    rows_out = []
-    combos = [
-        ("prototype", "Flat", fc.PrototypeClassifier(), None),
-        ("kNN k=20 softmax", "Flat", fc.KNNClassifier(k=20), None),
-        ("kNN k=20 softmax", f"IVF{nlist},Flat nprobe=8",
-         fc.KNNClassifier(k=20, index=fc.IndexSpec(kind="ivf", nlist=nlist),
-                          search_params=fc.SearchParams(nprobe=8)), None),
-        ("kNN k=20 softmax", "HNSW32 ef=64",
-         fc.KNNClassifier(k=20, index=fc.IndexSpec(kind="hnsw", M=32),
-                          search_params=fc.SearchParams(ef_search=64)), None),
-    ]
-    for clf_name, index_name, clf, _ in combos:
-        t = time.perf_counter()
-        clf.fit(train)
-        build_s = time.perf_counter() - t
-        t = time.perf_counter()
-        top5, _ = clf.predict_topk(Q, 5)
-        search_s = time.perf_counter() - t
-        rows_out.append({
-            "classifier": clf_name, "index": index_name,
-            "embed_s": round(embed_s, 1), "build_s": round(build_s, 3),
-            "search_s": round(search_s, 3),
-            "index_MB": round(clf.index_.memory_bytes / 2**20, 2),
-            "top1": round(topk_accuracy(yq, top5, 1), 4),
-            "top5": round(topk_accuracy(yq, top5, 5), 4)})
-    result = {"model": args.model, "weights": embedder.weights, "train": len(train),
-              "test": len(test), "embedding": stats, "results": rows_out}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    cols = ["classifier", "index", "embed_s", "build_s", "search_s", "index_MB", "top1", "top5"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows_out]
+    rows_out = _evaluate(train, test, ["prototype", "knn"], ["flat", "ivf", "hnsw"], k=20,
+                         embed_s=embed_s)
     head = (f"Fashion-MNIST, {args.model} ({embedder.weights}), {len(train)} train / "
             f"{len(test)} test images; embedded {int(sum(s['images'] for s in stats.values()))} "
             f"now, reused {int(sum(s['skipped'] for s in stats.values()))} from {out / 'emb'}")
+    _write_results(out, head, rows_out, {"model": args.model, "weights": embedder.weights,
+                                         "train": len(train), "test": len(test),
+                                         "embedding": stats})
+    return 0
+
+
+def _index_choices(n: int) -> dict[str, tuple[str, Any, Any]]:
+    import faissclass as fc
+
+    # FAISS: 4·√n cells, and at least 39 training points per cell.
+    nlist = max(4, 2 ** int(math.log2(max(4.0, min(4 * math.sqrt(n), n / 39)))))
+    return {
+        "flat": ("Flat", fc.IndexSpec(kind="flat"), None),
+        "ivf": (f"IVF{nlist},Flat nprobe=8", fc.IndexSpec(kind="ivf", nlist=nlist),
+                fc.SearchParams(nprobe=8)),
+        "hnsw": ("HNSW32 ef=64", fc.IndexSpec(kind="hnsw", M=32), fc.SearchParams(ef_search=64)),
+    }
+
+
+def _evaluate(train: Any, test: Any, classifiers: list[str], kinds: list[str], *, k: int,
+              embed_s: float | None = None) -> list[dict[str, Any]]:
+    """Fit each classifier on each index kind from the train store; score the test store."""
+    import numpy as np
+
+    import faissclass as fc
+    from faissclass.metrics import topk_accuracy
+
+    Q, yq_codes, _ = test.load()
+    yq = np.asarray(test.classes)[yq_codes] if test.classes is not None else yq_codes
+    rows = []
+    choices = _index_choices(len(train))
+    for cname in classifiers:
+        for kind in (kinds if cname == "knn" else ["flat"]):  # prototypes: a handful of
+            index_name, spec, params = choices[kind]        # vectors, flat is exact & fastest
+            clf = (fc.KNNClassifier(k=k, index=spec, search_params=params) if cname == "knn"
+                   else fc.PrototypeClassifier(index=spec))
+            t = time.perf_counter()
+            clf.fit(train)
+            build_s = time.perf_counter() - t
+            t = time.perf_counter()
+            top5, _ = clf.predict_topk(Q, min(5, len(clf.classes_)))
+            search_s = time.perf_counter() - t
+            row = {"classifier": f"kNN k={k} softmax" if cname == "knn" else "prototype",
+                   "index": index_name}
+            if embed_s is not None:
+                row["embed_s"] = round(embed_s, 1)
+            row.update({"build_s": round(build_s, 3), "search_s": round(search_s, 3),
+                        "index_MB": round(clf.index_.memory_bytes / 2**20, 2),
+                        "top1": round(topk_accuracy(yq, top5, 1), 4),
+                        "top5": round(topk_accuracy(yq, top5), 4)})
+            rows.append(row)
+    return rows
+
+
+def _write_results(out: Path, head: str, rows: list[dict[str, Any]],
+                   extra: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({**extra, "results": rows}, indent=1))
+    cols = list(rows[0])
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     (out / "results.md").write_text(head + "\n\n" + "\n".join(md) + "\n")
     print(head + "\n")
     print("\n".join(md))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
+
+
+def _dataset(args: argparse.Namespace) -> Any:
+    from faissclass import data
+
+    if args.dataset == "imagefolder":
+        return data.ImageFolder(args.root)
+    if args.dataset == "tiny-imagenet":
+        return data.TinyImageNet(args.root, args.split)
+    if args.dataset == "label-file":
+        if not args.label_file or not args.classes_from:
+            raise SystemExit("--dataset label-file needs --label-file and --classes-from "
+                             "(the train folder whose sub-folders name the classes)")
+        return data.LabelFileDataset(args.root, args.label_file,
+                                     data.ImageFolder(args.classes_from).classes)
+    images, labels = data.load_fashion_mnist(args.split, args.root or data.FASHION_MNIST_DIR)
+    ds = data.ArrayDataset(images, labels, paths=[f"fashion-mnist/{args.split}/{i}"
+                                                  for i in range(len(labels))],
+                           classes=data.FASHION_MNIST_CLASSES)
+    return ds
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import faissclass as fc
+    from faissclass.embed import Embedder
+
+    ds = _dataset(args)
+    emb = Embedder(args.model, checkpoint=args.checkpoint, device=args.device,
+                   img_size=args.img_size, amp=args.amp)
+    meta = {**emb.metadata(), "dataset": args.dataset,
+            "root": str(args.root), "split": args.split}
+    with fc.ShardWriter(args.out, dim=emb.dim, dtype=args.dtype, classes=ds.classes,
+                        normalized=True, metadata=meta) as w:
+        st = emb.embed_dataset(ds, w, batch_size=args.batch_size, num_workers=args.workers,
+                               progress=not args.quiet)
+    print(f"{args.out}: {len(fc.EmbeddingStore(args.out))} rows; embedded {int(st['images'])} "
+          f"now ({st['images_per_s']:.0f} images/s), {int(st['skipped'])} already stored, "
+          f"{len(st['unreadable'])} unreadable")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    import faissclass as fc
+
+    store = fc.EmbeddingStore(args.store)
+    spec = (fc.IndexSpec(factory=args.factory, metric=args.metric) if args.factory else
+            fc.IndexSpec(kind=args.kind, nlist=args.nlist, storage=args.storage, m=args.m,
+                         M=args.M, metric=args.metric))
+    t = time.perf_counter()
+    index = fc.VectorIndex.build(store, spec, device=args.device, seed=args.seed,
+                                 train_size=args.train_size, progress=not args.quiet)
+    index.save(args.out)
+    print(f"{args.out}: {spec.factory_string(store.dim)}, {index.ntotal} vectors, "
+          f"{index.memory_bytes / 2**20:.1f} MB, built in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import faissclass as fc
+
+    train, test = fc.EmbeddingStore(args.train), fc.EmbeddingStore(args.test)
+    rows = _evaluate(train, test, args.classifiers, args.kinds, k=args.k)
+    _write_results(Path(args.out), f"{args.train} ({len(train)}) -> {args.test} ({len(test)})",
+                   rows, {"train": str(args.train), "test": str(args.test)})
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import faissclass as fc
+    from faissclass.data import ArrayDataset
+    from faissclass.embed import Embedder
+
+    store = fc.EmbeddingStore(args.train)
+    meta = store.metadata
+    if "model" not in meta:
+        raise SystemExit(f"{args.train} records no model in its metadata; embed it with "
+                         "`faissclass embed`")
+    dc = meta.get("data_config", {})
+    emb = Embedder(meta["model"], checkpoint=args.checkpoint, device=args.device,
+                   img_size=dc.get("input_size", [None, None])[-1],
+                   crop_pct=dc.get("crop_pct"), interpolation=dc.get("interpolation"),
+                   mean=dc.get("mean"), std=dc.get("std"))
+    from PIL import Image
+
+    imgs = []
+    for p in args.images:
+        with Image.open(p) as im:
+            imgs.append(im.convert("RGB"))
+    ds = ArrayDataset(imgs, np.zeros(len(imgs)), paths=[str(p) for p in args.images])
+    import torch
+
+    Q = emb.embed_batch(torch.stack([emb.transform(ds.image(i)) for i in range(len(ds))]))
+    knn = fc.KNNClassifier(k=args.k).fit(store)
+    labels, scores = knn.predict_topk(Q, 1)
+    _, _, nn_ids = knn.kneighbors(Q, args.neighbours)
+    id_to_row = {int(i): r for r, i in enumerate(store.ids())}
+    for i, p in enumerate(args.images):
+        near = store.take([id_to_row[int(j)] for j in nn_ids[i] if j >= 0])
+        print(f"{p}: {labels[i, 0]} ({scores[i, 0]:.3f})")
+        for path in near.paths or []:
+            print(f"    {path}")
     return 0
 
 
@@ -117,6 +245,69 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
+
+    e = sub.add_parser("embed", help="images -> an embedding store (resumable)",
+                       description="Embed a dataset with any timm model into a store. "
+                                   "Rerunning with the same arguments resumes.")
+    e.add_argument("--dataset", required=True,
+                   choices=["imagefolder", "tiny-imagenet", "label-file", "fashion-mnist"])
+    e.add_argument("--root", help="dataset root (fashion-mnist: the Debian package's folder)")
+    e.add_argument("--split", default="train", help="train | val | test (layout-dependent)")
+    e.add_argument("--label-file", help="label-file datasets: '<file> <label>' per line")
+    e.add_argument("--classes-from", help="label-file datasets: folder whose sub-folders "
+                                          "name the classes (e.g. ImageNet's train)")
+    e.add_argument("--out", required=True, help="store directory")
+    e.add_argument("--model", default="tf_efficientnet_lite0")
+    e.add_argument("--checkpoint", help="local weights file")
+    e.add_argument("--img-size", type=int)
+    e.add_argument("--amp", choices=["bf16", "fp16"])
+    e.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_embed)
+
+    b = sub.add_parser("build", help="store -> a saved index",
+                       description="Build a FAISS index from a store and save it.")
+    b.add_argument("--store", required=True)
+    b.add_argument("--out", required=True, help="index directory")
+    b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
+    b.add_argument("--factory", help="a raw FAISS factory string instead of --kind")
+    b.add_argument("--metric", default="ip", choices=["ip", "l2"])
+    b.add_argument("--nlist", type=int, default=1024)
+    b.add_argument("--storage", default="flat", choices=["flat", "sq8", "pq"])
+    b.add_argument("--m", type=int, help="PQ sub-quantisers")
+    b.add_argument("--M", type=int, default=32, help="HNSW links per node")
+    b.add_argument("--train-size", type=int)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_build)
+
+    v = sub.add_parser("eval", help="train + test stores -> accuracy table",
+                       description="Fit classifiers on the train store over each index kind and "
+                                   "score the test store: time, memory, top-1/top-5.")
+    v.add_argument("--train", required=True)
+    v.add_argument("--test", required=True)
+    v.add_argument("--classifiers", nargs="+", default=["prototype", "knn"],
+                   choices=["prototype", "knn"])
+    v.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"],
+                   choices=["flat", "ivf", "hnsw"])
+    v.add_argument("--k", type=int, default=20)
+    v.add_argument("--out", default="faissclass-eval")
+    v.set_defaults(func=_eval)
+
+    r = sub.add_parser("predict", help="image files -> label, score and nearest stored images",
+                       description="Embed images with the model recorded in the train store "
+                                   "and classify them by kNN over it.")
+    r.add_argument("images", nargs="+")
+    r.add_argument("--train", required=True, help="train store (embedded by faissclass)")
+    r.add_argument("--k", type=int, default=20)
+    r.add_argument("--neighbours", type=int, default=3)
+    r.add_argument("--checkpoint", help="local weights file, if the store's model needs one")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=_predict)
     return p
 
 

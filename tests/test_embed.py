@@ -170,3 +170,34 @@ def test_tiny_imagenet_layout(tmp_path, fmnist_images):
     (root / "val" / "val_annotations.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"val_annotations\.txt missing"):
         TinyImageNet(root, "val")
+
+
+def test_cli_embed_build_eval_predict(tmp_path, fmnist_images, capsys):
+    from faissclass.cli import main
+
+    images, labels = fmnist_images
+    for split, sl in (("train", slice(0, 15)), ("test", slice(15, 20))):
+        for c in (0, 1, 7):
+            _write_jpegs(tmp_path / split / f"c{c}", images[labels == c][sl])
+    for split in ("train", "test"):
+        assert main(["embed", "--dataset", "imagefolder", "--root", str(tmp_path / split),
+                     "--out", str(tmp_path / "emb" / split), "--quiet", "--workers", "0"]) == 0
+    assert "45 rows; embedded 45 now" in capsys.readouterr().out
+    assert main(["embed", "--dataset", "imagefolder", "--root", str(tmp_path / "train"),
+                 "--out", str(tmp_path / "emb" / "train"), "--quiet", "--workers", "0"]) == 0
+    assert "embedded 0 now" in capsys.readouterr().out  # resumed: nothing left to do
+    assert main(["build", "--store", str(tmp_path / "emb" / "train"), "--out",
+                 str(tmp_path / "ix"), "--kind", "hnsw", "--quiet"]) == 0
+    assert fc.VectorIndex.load(tmp_path / "ix").ntotal == 45
+    assert main(["eval", "--train", str(tmp_path / "emb" / "train"), "--test",
+                 str(tmp_path / "emb" / "test"), "--kinds", "flat", "--k", "5",
+                 "--out", str(tmp_path / "ev")]) == 0
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert {r["classifier"] for r in res["results"]} == {"prototype", "kNN k=5 softmax"}
+    assert all(r["top1"] >= 0.8 for r in res["results"])  # trousers/shirts/sneakers: easy
+    capsys.readouterr()
+    probe = tmp_path / "test" / "c1" / "img000.JPEG"
+    assert main(["predict", str(probe), "--train", str(tmp_path / "emb" / "train"),
+                 "--k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{probe}: c1 (") and out.count("c1/img") >= 2
