@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,22 +78,39 @@ def load_offline_efficientnet_lite(model_name: str, num_classes: int = 1000) -> 
 
 
 class _TorchView(torch.utils.data.Dataset):
-    """A faissclass dataset as a torch Dataset of (tensor | None, label, id, path)."""
+    """A faissclass dataset as a torch Dataset of (tensor | None, label, id, path, error).
 
-    def __init__(self, dataset: Any, rows: Sequence[int], transform: Any) -> None:
-        self.dataset, self.rows, self.transform = dataset, list(rows), transform
+    ``items`` are (row, view) pairs: view 0 is the image through the evaluation
+    transform; views >= 1 go through the training transform, seeded by their id so
+    that a resumed run draws the same augmentations.
+    """
+
+    def __init__(self, dataset: Any, items: Sequence[tuple[int, int]], transform: Any,
+                 train_transform: Any, stride: int, seed: int) -> None:
+        self.dataset, self.items = dataset, list(items)
+        self.transform, self.train_transform = transform, train_transform
+        self.stride, self.seed = stride, seed
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.items)
 
     def __getitem__(self, j: int) -> tuple[Any, int, int, str, str | None]:
-        i = self.rows[j]
+        i, v = self.items[j]
         ds = self.dataset
+        rid = int(ds.ids[i]) * self.stride + v
         try:
-            x, err = self.transform(ds.image(i)), None
+            img = ds.image(i)
+            if v == 0:
+                x = self.transform(img)
+            else:
+                random.seed(self.seed * 1_000_003 + rid)  # timm's crops use `random`,
+                torch.manual_seed(self.seed * 1_000_003 + rid)  # torchvision's use torch
+                x = self.train_transform(img)
+            err = None
         except OSError as exc:  # unreadable or corrupt file: reported, not fatal
             x, err = None, str(exc)
-        return x, int(ds.labels[i]), int(ds.ids[i]), str(ds.paths[i]), err
+        path = str(ds.paths[i]) + (f"#view{v}" if v else "")
+        return x, int(ds.labels[i]), rid, path, err
 
 
 def _collate(items: list[tuple[Any, int, int, str, str | None]]) -> dict[str, Any]:
@@ -188,7 +206,8 @@ class Embedder:
 
     def embed_dataset(self, dataset: Any, writer: ShardWriter, *, batch_size: int = 64,
                       num_workers: int = 0, progress: bool = True,
-                      on_error: str = "skip") -> dict[str, Any]:
+                      on_error: str = "skip", n_views: int = 0,
+                      view_seed: int = 0) -> dict[str, Any]:
         """Embed every item whose id is not yet in ``writer``; returns timing figures.
 
         Parameters
@@ -198,15 +217,34 @@ class Embedder:
         on_error : {"skip", "raise"}
             An unreadable or corrupt image is skipped with a warning and listed in
             the store's manifest (``EmbeddingStore.info["unreadable"]``), or raises.
+        n_views : int
+            Augmented views per image (timm's training transform, seeded per view by
+            ``view_seed``), stored as extra rows with the image's label. With views,
+            row ids are ``id * (n_views + 1) + view`` (view 0 = the plain image) and
+            paths of views end in ``#view<v>``; the store's info records it.
 
         Resumable: an interrupted run restarted with the same arguments embeds only
         what the store lacks and ends with the same rows.
         """
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
-        todo = np.flatnonzero(~writer.contains(dataset.ids)) if len(dataset) else np.empty(0, int)
+        if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 0:
+            raise ValueError(f"n_views must be an int >= 0; got {n_views!r}")
+        stride = n_views + 1
+        base = np.asarray(dataset.ids, np.int64)
+        all_ids = (base[:, None] * stride + np.arange(stride)[None, :]).reshape(-1)
+        todo = np.flatnonzero(~writer.contains(all_ids)) if all_ids.size else np.empty(0, int)
+        train_tf = None
+        if n_views:
+            train_tf = timm.data.create_transform(**self.data_config, is_training=True)
+            if writer.info.get("views") != {"n_views": n_views, "id_stride": stride,
+                                            "seed": view_seed}:
+                writer.set_info("views", {"n_views": n_views, "id_stride": stride,
+                                          "seed": view_seed})
+        items = [(int(t // stride), int(t % stride)) for t in todo]
         loader = torch.utils.data.DataLoader(
-            _TorchView(dataset, todo.tolist(), self.transform), batch_size=batch_size,
+            _TorchView(dataset, items, self.transform, train_tf, stride, view_seed),
+            batch_size=batch_size,
             shuffle=False, num_workers=num_workers, pin_memory=self.device.type == "cuda",
             collate_fn=_collate)
         failed: list[tuple[str, str]] = []
@@ -233,4 +271,5 @@ class Embedder:
             writer.set_info("unreadable", sorted({*known, *(p for p, _ in failed)}))
         dt = time.perf_counter() - t0
         return {"images": float(done), "seconds": dt, "images_per_s": done / dt if dt else 0.0,
-                "skipped": float(len(dataset) - len(todo)), "unreadable": [p for p, _ in failed]}
+                "skipped": float(all_ids.size - len(todo)),
+                "unreadable": [p for p, _ in failed]}

@@ -201,3 +201,36 @@ def test_cli_embed_build_eval_predict(tmp_path, fmnist_images, capsys):
                  "--k", "5"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{probe}: c1 (") and out.count("c1/img") >= 2
+
+
+def test_augmented_views_are_seeded_and_resumable(tmp_path, rng):
+    imgs = rng.integers(0, 255, (6, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    emb = Embedder("tf_efficientnet_lite0")
+    kw = {"dim": emb.dim, "dtype": "float32", "fsync": False}
+    with fc.ShardWriter(tmp_path / "a", **kw) as w:
+        st = emb.embed_dataset(ArrayDataset(imgs, labels, ids=np.arange(6) + 10), w,
+                               batch_size=4, progress=False, n_views=2, view_seed=7)
+    assert st["images"] == 18
+    a = fc.EmbeddingStore(tmp_path / "a")
+    X, y, ids = a.load()
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(ids[order],
+                                  ((np.arange(6)[:, None] + 10) * 3 + np.arange(3)).reshape(-1))
+    np.testing.assert_array_equal(y[order], np.repeat(labels, 3))
+    assert a.info["views"] == {"n_views": 2, "id_stride": 3, "seed": 7}
+    Xo = X[order].reshape(6, 3, -1)
+    assert np.all(np.abs(Xo[:, 1] - Xo[:, 2]).max(axis=1) > 1e-3)  # views differ
+    # resumed after the plain images only: same augmentations drawn
+    with fc.ShardWriter(tmp_path / "b", **kw) as w:
+        emb.embed_dataset(ArrayDataset(imgs, labels, ids=np.arange(6) + 10), w, batch_size=4,
+                          progress=False)
+    with fc.ShardWriter(tmp_path / "b", **kw) as w:
+        st = emb.embed_dataset(ArrayDataset(imgs, labels, ids=np.arange(6) + 10), w,
+                               batch_size=4, progress=False, n_views=2, view_seed=7)
+    assert st["skipped"] == 0  # plain ids (id) differ from view-0 ids (id * 3): all new
+    b = fc.EmbeddingStore(tmp_path / "b")
+    Xb, _, idb = b.load()
+    keep = idb >= 30
+    ob = np.argsort(idb[keep])
+    np.testing.assert_allclose(Xb[keep][ob], X[order], atol=1e-5)
