@@ -23,9 +23,9 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
                       "pip install 'faissclass[embed]'") from _exc
 
 from .data import ArrayDataset
-from .store import ShardWriter
+from .store import EmbeddingStore, ShardWriter, merge_stores
 
-__all__ = ["ArrayDataset", "Embedder", "load_offline_efficientnet_lite"]
+__all__ = ["ArrayDataset", "Embedder", "embed_distributed", "load_offline_efficientnet_lite"]
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +273,54 @@ class Embedder:
         return {"images": float(done), "seconds": dt, "images_per_s": done / dt if dt else 0.0,
                 "skipped": float(all_ids.size - len(todo)),
                 "unreadable": [p for p, _ in failed]}
+
+
+class _Slice:
+    """Rows ``rows`` of a dataset, with the same interface."""
+
+    def __init__(self, dataset: Any, rows: np.ndarray) -> None:
+        self.dataset, self.rows = dataset, rows
+        self.ids = np.asarray(dataset.ids)[rows]
+        self.labels = np.asarray(dataset.labels)[rows]
+        self.paths = [dataset.paths[i] for i in rows.tolist()]
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image(self, i: int) -> Any:
+        return self.dataset.image(int(self.rows[i]))
+
+
+def embed_distributed(embedder: Embedder, dataset: Any, root: str | os.PathLike[str], *,
+                      writer_kwargs: dict[str, Any], **embed_kwargs: Any) -> EmbeddingStore:
+    """Embed ``dataset`` into the store ``root`` from every process of a torch.distributed
+    job (torchrun); also right for a single process.
+
+    Rank r embeds rows r, r + W, r + 2W, ... into ``root/rank-<r>`` (its own shards,
+    resumable on its own); after a barrier rank 0 writes the one manifest
+    ``root/store.json`` listing every rank's shards (:func:`merge_stores`).
+
+    Parameters
+    ----------
+    writer_kwargs : dict
+        ShardWriter arguments other than root (dim, dtype, classes, metadata, ...).
+    embed_kwargs
+        Passed to :meth:`Embedder.embed_dataset` (batch_size, num_workers, n_views, ...).
+    """
+    import torch.distributed as dist
+
+    on = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+    root = Path(root)
+    part = root / f"rank-{rank:05d}"
+    with ShardWriter(part, **writer_kwargs) as w:
+        embedder.embed_dataset(_Slice(dataset, np.arange(rank, len(dataset), world)), w,
+                               **embed_kwargs)
+    if on:
+        dist.barrier()
+    if rank == 0:
+        merge_stores(root, [root / f"rank-{r:05d}" for r in range(world)])
+    if on:
+        dist.barrier()
+    return EmbeddingStore(root)

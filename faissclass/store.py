@@ -47,7 +47,7 @@ try:  # POSIX advisory lock; absent on Windows, where the store is simply unlock
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Batch", "EmbeddingStore", "ShardInfo", "ShardWriter", "StoreError"]
+__all__ = ["Batch", "EmbeddingStore", "ShardInfo", "ShardWriter", "StoreError", "merge_stores"]
 
 log = logging.getLogger(__name__)
 
@@ -1219,3 +1219,44 @@ class _ShardCursor:
                 pos += hi - lo
                 i += 1
         return Batch(emb, lab, ids, paths)
+
+
+def merge_stores(root: str | os.PathLike[str], parts: Sequence[str | os.PathLike[str]], *,
+                 fsync: bool = True) -> EmbeddingStore:
+    """Write ``root/store.json`` listing the shards of the stores in ``parts``
+    (sub-directories of ``root``, e.g. one per rank of a distributed run).
+
+    The parts must agree on dim, dtype, classes, normalisation and metadata, and
+    their ids must not overlap. Shards are not copied: the merged manifest points
+    into the parts. Rewriting it after the parts grow (a resumed run) is safe.
+    """
+    root = Path(root)
+    stores = [EmbeddingStore(p) for p in parts]
+    if not stores:
+        raise ValueError("merge_stores needs at least one part")
+    first = stores[0]
+    ref = first._manifest
+    shards, info = [], {}
+    for st in stores:
+        m = st._manifest
+        for key in ("dim", "dtype", "classes", "normalized", "metadata"):
+            if m.get(key) != ref.get(key):
+                raise StoreError(f"{st.root}: {key} differs from {first.root}; cannot merge")
+        rel = st.root.resolve().relative_to(root.resolve())
+        shards += [{**s.to_json(), "file": str(rel / s.file)} for s in st.shards]
+        for k, v in m.get("info", {}).items():
+            info[k] = sorted(set(info.get(k, [])) | set(v)) if isinstance(v, list) else v
+    ids = np.concatenate([st.ids() for st in stores]) if shards else np.empty(0, np.int64)
+    s = np.sort(ids)
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    if dup.size:
+        raise StoreError(f"{root}: id {int(s[dup[0]])} is in more than one part")
+    has_paths = {st._manifest.get("has_paths") for st in stores if len(st)}
+    if len(has_paths) > 1:
+        raise StoreError(f"{root}: some parts have paths and some do not")
+    manifest = {**ref, "shards": shards, "rows": int(ids.size), "info": info,
+                "has_paths": has_paths.pop() if has_paths else None,
+                "parts": [str(st.root.resolve().relative_to(root.resolve())) for st in stores]}
+    manifest["provenance"] = {**ref.get("provenance", {}), "updated": _now()}
+    _atomic_write_json(root / MANIFEST_NAME, manifest, fsync=fsync)
+    return EmbeddingStore(root)

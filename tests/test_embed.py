@@ -234,3 +234,35 @@ def test_augmented_views_are_seeded_and_resumable(tmp_path, rng):
     keep = idb >= 30
     ob = np.argsort(idb[keep])
     np.testing.assert_allclose(Xb[keep][ob], X[order], atol=1e-5)
+
+
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from faissclass.embed import embed_distributed
+
+    child = str(Path(__file__).with_name("_dist_child.py"))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", child, str(tmp_path / "dist")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (11, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 3, 11)
+    emb = Embedder("tf_efficientnet_lite0")
+    single = embed_distributed(emb, ArrayDataset(images, labels, ids=np.arange(11) * 2),
+                               tmp_path / "single",
+                               writer_kwargs={"dim": emb.dim, "dtype": "float32", "fsync": False,
+                                              "metadata": emb.metadata()},
+                               batch_size=4, progress=False)
+    dist = fc.EmbeddingStore(tmp_path / "dist")
+    assert len(dist) == len(single) == 11
+    assert [s.file.split("/")[0] for s in dist.shards] == ["rank-00000", "rank-00001"]
+    dist.verify()
+    (Xd, yd, idd), (Xs, ys, ids) = dist.load(), single.load()
+    od, os_ = np.argsort(idd), np.argsort(ids)
+    np.testing.assert_array_equal(idd[od], ids[os_])
+    np.testing.assert_array_equal(yd[od], ys[os_])
+    np.testing.assert_allclose(Xd[od], Xs[os_], atol=1e-5)

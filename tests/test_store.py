@@ -288,3 +288,24 @@ def test_append_after_close_is_an_error(tmp_path, rng):
     w.close()
     with pytest.raises(ValueError, match="is closed"):
         w.append(rng.standard_normal((1, 4)), [0])
+
+
+def test_merge_stores_lists_every_part_and_refuses_conflicts(tmp_path, rng):
+    from faissclass.store import merge_stores
+
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    for r, rows in enumerate((slice(0, 10), slice(10, 30))):
+        with fc.ShardWriter(tmp_path / "m" / f"rank-{r}", dim=4, dtype="float32",
+                            shard_size=7, fsync=False) as w:
+            w.append(X[rows], np.zeros(len(X[rows]), int), ids=np.arange(30)[rows])
+    merged = merge_stores(tmp_path / "m", [tmp_path / "m" / "rank-0", tmp_path / "m" / "rank-1"])
+    np.testing.assert_array_equal(merged.load()[0], X)
+    merged.verify()
+    with fc.ShardWriter(tmp_path / "m" / "rank-2", dim=4, dtype="float32", fsync=False) as w:
+        w.append(X[:2], [0, 0], ids=[5, 99])
+    with pytest.raises(fc.StoreError, match="id 5 is in more than one part"):
+        merge_stores(tmp_path / "m", [tmp_path / "m" / f"rank-{r}" for r in range(3)])
+    with fc.ShardWriter(tmp_path / "m" / "rank-3", dim=4, dtype="float16", fsync=False) as w:
+        w.append(X[:1], [0], ids=[1000])
+    with pytest.raises(fc.StoreError, match="dtype differs"):
+        merge_stores(tmp_path / "m", [tmp_path / "m" / "rank-0", tmp_path / "m" / "rank-3"])
