@@ -76,3 +76,25 @@ def test_label_file_dataset(tmp_path):
     (tmp_path / "bad.txt").write_text("a.JPEG n77\n")
     with pytest.raises(ValueError, match=r"bad\.txt:1: label 'n77' is not one of the 2"):
         LabelFileDataset(tmp_path, tmp_path / "bad.txt", ["n01", "n02"])
+
+
+def test_image_modes_become_rgb(tmp_path):
+    PIL = pytest.importorskip("PIL.Image")
+    from faissclass.data import ArrayDataset, ImageFolder
+
+    (tmp_path / "c").mkdir()
+    rgba = PIL.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red -> white
+    rgba.save(tmp_path / "c" / "a.png")
+    pal = PIL.new("P", (4, 4), 3)
+    pal.putpalette([0, 0, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90] + [0] * 756)
+    pal.save(tmp_path / "c" / "b.png")
+    PIL.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "c" / "c.jpg")
+    PIL.new("L", (4, 4), 77).save(tmp_path / "c" / "d.png")
+    ds = ImageFolder(tmp_path)
+    imgs = [ds.image(i) for i in range(4)]
+    assert all(im.mode == "RGB" for im in imgs)
+    assert imgs[0].getpixel((0, 0)) == (255, 255, 255)
+    assert imgs[1].getpixel((0, 0)) == (70, 80, 90)
+    assert imgs[2].getpixel((0, 0))[0] > 200 and imgs[2].getpixel((0, 0))[1] < 60  # red
+    assert imgs[3].getpixel((0, 0)) == (77, 77, 77)
+    assert ArrayDataset(np.zeros((1, 5, 5), np.uint8), [0]).image(0).size == (5, 5)
