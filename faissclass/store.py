@@ -1119,6 +1119,7 @@ class EmbeddingStore:
                 with _open_h5(path) as f:
                     ds = self._datasets(f, i)
                     hashes = {name: _hasher() for name in ds}
+                    id_blocks = []  # kept from the checksum pass: ids are read once
                     try:
                         for a in range(0, info.rows, _COPY_ROWS):
                             b = min(a + _COPY_ROWS, info.rows)
@@ -1127,9 +1128,13 @@ class EmbeddingStore:
                                     block = d.asstr()[a:b].tolist()
                                     hashes[name].update(_paths_bytes(block))
                                 else:
-                                    hashes[name].update(np.ascontiguousarray(d[a:b]))
+                                    arr = np.ascontiguousarray(d[a:b])
+                                    hashes[name].update(arr)
+                                    if name == "ids":
+                                        id_blocks.append(arr)
                             bar.update(b - a)
-                        ids = ds["ids"][:]
+                        ids = (np.concatenate(id_blocks) if id_blocks
+                               else np.empty(0, np.int64))
                     except OSError as exc:
                         raise StoreError(f"{path}: read failed ({exc})") from exc
                 for name, h in hashes.items():
