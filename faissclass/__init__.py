@@ -8,12 +8,11 @@ imports torch, so the store works with the core dependencies alone.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from ._validation import FaissclassError, StoreError
+from ._version import __version__
 from .store import Batch, EmbeddingStore, ShardInfo, ShardWriter
 
 # Names from layers with heavy imports (faiss), loaded on first use so that

@@ -239,7 +239,7 @@ def test_duplicate_ids_across_shards_fail_verify(store_dir):
 
 def test_rejected_batch_after_a_chunk_flush_leaves_committed_rows_intact(tmp_path, rng,
                                                                         monkeypatch):
-    import faissclass.store as store_mod
+    import faissclass.store._writer as store_mod
 
     # 25-row HDF5 chunks, 100-row shards: a rejected batch that has already
     # pushed a chunk to the file must restore the committed part of that chunk.

@@ -1,0 +1,446 @@
+"""EmbeddingStore: bounded-memory reads of a store; merge_stores for per-rank parts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from .._validation import (
+    StoreError,
+    check_int_vector,
+)
+from ._manifest import (
+    _COPY_ROWS,
+    DTYPES,
+    MANIFEST_NAME,
+    ShardInfo,
+    _atomic_write_json,
+    _check_shard_files,
+    _fmt_hash,
+    _hasher,
+    _now,
+    _open_h5,
+    _paths_bytes,
+    _read_manifest,
+    _shard_datasets,
+)
+
+
+class Batch(NamedTuple):
+    """Rows read from a store.
+
+    Attributes
+    ----------
+    embeddings : numpy.ndarray, shape (n, dim), float32 unless another dtype was asked for
+    labels : numpy.ndarray, shape (n,), int64 (-1 = unlabelled)
+    ids : numpy.ndarray, shape (n,), int64
+    paths : list of str or None
+        Source paths, when the store has them.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    paths: list[str] | None = None
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class EmbeddingStore:
+    """Read-only view of a store written by :class:`ShardWriter`.
+
+    Opening reads the manifest and checks that every shard exists with the
+    recorded size; data is read lazily. ``verify()`` checks every checksum.
+
+    Parameters
+    ----------
+    root : str or Path
+        Store directory.
+
+    Raises
+    ------
+    StoreError
+        Not a store, or a shard is missing or truncated (the message names the file).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._manifest = _read_manifest(self.root)
+        mpath = self.root / MANIFEST_NAME
+        self._shards = tuple(ShardInfo.from_json(s, mpath) for s in self._manifest["shards"])
+        total = sum(s.rows for s in self._shards)
+        if total != self._manifest.get("rows", total):
+            raise StoreError(f"{mpath}: rows={self._manifest['rows']} but the shards hold {total}")
+        _check_shard_files(self.root, self._shards)
+        self._offsets = np.concatenate([[0], np.cumsum([s.rows for s in self._shards])]).astype(
+            np.int64)
+        self._np_dtype = np.dtype(DTYPES[self._manifest["dtype"]])
+
+    # ------------------------------------------------------------------ description
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def dtype(self) -> str:
+        """On-disk embedding dtype, "float16" or "float32"."""
+        return str(self._manifest["dtype"])
+
+    @property
+    def classes(self) -> list[Any] | None:
+        c = self._manifest.get("classes")
+        return None if c is None else list(c)
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self._manifest.get("normalized"))
+
+    @property
+    def has_paths(self) -> bool:
+        return bool(self._manifest.get("has_paths"))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The caller's metadata (a copy)."""
+        return json.loads(json.dumps(self._manifest.get("metadata", {})))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Run records set by the writer (e.g. ``unreadable`` inputs), a copy."""
+        return json.loads(json.dumps(self._manifest.get("info", {})))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Creation/update times and library versions (a copy)."""
+        return json.loads(json.dumps(self._manifest.get("provenance", {})))
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return self._shards
+
+    def __repr__(self) -> str:
+        return (f"EmbeddingStore({str(self.root)!r}, rows={len(self)}, dim={self.dim}, "
+                f"dtype={self.dtype!r}, shards={len(self._shards)})")
+
+    # ------------------------------------------------------------------ reading
+
+    def _datasets(self, f: h5py.File, i: int) -> dict[str, h5py.Dataset]:
+        return _shard_datasets(f, self.root / self._shards[i].file, self._shards[i], self.dim,
+                               self._np_dtype, self.has_paths)
+
+    def row_range(self, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+        """Global rows [start, stop) that ``rank`` of ``world_size`` reads: contiguous,
+        disjoint, covering every row once, sizes differing by at most one."""
+        if isinstance(world_size, bool) or not isinstance(world_size, int | np.integer) \
+                or world_size < 1:
+            raise ValueError(f"world_size must be a positive int; got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer) \
+                or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}); got {rank!r}")
+        n = len(self)
+        return n * int(rank) // int(world_size), n * (int(rank) + 1) // int(world_size)
+
+    def iter_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                     dtype: Any = np.float32, progress: bool = False) -> Iterator[Batch]:
+        """Yield consecutive batches across shard boundaries.
+
+        Memory is bounded by one batch (plus one batch-sized read buffer when
+        the on-disk dtype differs from ``dtype``), not by the store.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per batch; the last batch may be smaller.
+        rank, world_size : int
+            Read only this rank's contiguous slice (see :meth:`row_range`).
+        dtype : numpy dtype or None
+            Embedding dtype of the batches; None keeps the on-disk dtype.
+        progress : bool
+            Show a tqdm bar over rows.
+
+        Yields
+        ------
+        Batch
+            ``embeddings`` (b, dim), ``labels`` (b,) int64, ``ids`` (b,) int64, ``paths``.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        start, stop = self.row_range(rank, world_size)
+        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        with tqdm(total=stop - start, unit="row", unit_scale=True, disable=not progress,
+                  desc=f"reading {self.root.name}") as bar, _ShardCursor(self) as cur:
+            for a in range(start, stop, int(batch_size)):
+                b = min(a + int(batch_size), stop)
+                yield cur.read(a, b, out_dtype)
+                bar.update(b - a)
+
+    def load(self, *, dtype: Any = np.float32, progress: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row in memory.
+
+        Returns
+        -------
+        X : numpy.ndarray, shape (n, dim), ``dtype`` (float32 by default; None = on-disk)
+        y : numpy.ndarray, shape (n,), int64
+        ids : numpy.ndarray, shape (n,), int64
+        """
+        n = len(self)
+        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        with _ShardCursor(self) as cur:
+            batch = cur.read(0, n, out_dtype, with_paths=False, progress=progress)
+        return batch.embeddings, batch.labels, batch.ids
+
+    def take(self, rows: Any, *, dtype: Any = np.float32) -> Batch:
+        """Random access by global row number, in the order given (repeats allowed).
+
+        Parameters
+        ----------
+        rows : array_like of int, shape (m,)
+            Row numbers in [0, len(store)).
+        """
+        r = np.asarray(rows)
+        if r.ndim != 1:
+            raise ValueError(f"rows must be 1-D; got shape {r.shape}")
+        r = check_int_vector(r, n=r.shape[0], name="rows")
+        n = len(self)
+        if r.size and (r.min() < 0 or r.max() >= n):
+            badv = int(r[(r < 0) | (r >= n)][0])
+            raise IndexError(f"row {badv} is out of range for a store of {n} rows")
+        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        uniq, inverse = np.unique(r, return_inverse=True)
+        emb = np.empty((uniq.size, self.dim), dtype=out_dtype)
+        lab = np.empty(uniq.size, dtype=np.int64)
+        ids = np.empty(uniq.size, dtype=np.int64)
+        paths: list[str] | None = [""] * uniq.size if self.has_paths else None
+        shard_of = np.searchsorted(self._offsets, uniq, side="right") - 1
+        for s in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == s)
+            local = uniq[sel] - self._offsets[s]
+            path = self.root / self._shards[s].file
+            with _open_h5(path) as f:
+                ds = self._datasets(f, int(s))
+                lo, hi = int(local[0]), int(local[-1]) + 1
+                if hi - lo <= max(4 * local.size, 4096):  # dense: one slice read
+                    idx = local - lo
+                    def get(d: h5py.Dataset, idx: np.ndarray = idx, lo: int = lo,
+                            hi: int = hi) -> np.ndarray:
+                        return d[lo:hi][idx]
+                else:  # sparse: h5py point selection (indices must increase)
+                    def get(d: h5py.Dataset, local: np.ndarray = local) -> np.ndarray:
+                        return d[local]
+                try:
+                    emb[sel] = get(ds["embeddings"])
+                    lab[sel] = get(ds["labels"])
+                    ids[sel] = get(ds["ids"])
+                    if paths is not None:
+                        for j, p in zip(sel.tolist(), get(ds["paths"].asstr()), strict=True):
+                            paths[j] = p
+                except OSError as exc:
+                    raise StoreError(f"{path}: read failed ({exc})") from exc
+        if uniq.size == r.size and (r.size < 2 or bool(np.all(r[1:] > r[:-1]))):
+            return Batch(emb, lab, ids, paths)  # already in order: no reordering copy
+        return Batch(
+            emb[inverse], lab[inverse], ids[inverse],
+            None if paths is None else [paths[i] for i in inverse.tolist()],
+        )
+
+    def labels(self) -> np.ndarray:
+        """Every label, shape (n,) int64, reading only the labels (8 bytes a row)."""
+        return self._column("labels")
+
+    def ids(self) -> np.ndarray:
+        """Every id, shape (n,) int64, reading only the ids (8 bytes a row)."""
+        return self._column("ids")
+
+    def _column(self, name: str) -> np.ndarray:
+        out = np.empty(len(self), np.int64)
+        for i, info in enumerate(self._shards):
+            path = self.root / info.file
+            with _open_h5(path) as f:
+                ds = self._datasets(f, i)[name]
+                try:
+                    ds.read_direct(out, np.s_[0:info.rows],
+                                   np.s_[int(self._offsets[i]):int(self._offsets[i + 1])])
+                except OSError as exc:
+                    raise StoreError(f"{path}: read failed ({exc})") from exc
+        return out
+
+    # ------------------------------------------------------------------ integrity
+
+    def verify(self, *, progress: bool = False) -> None:
+        """Check every shard: opens, shapes and dtypes match the manifest, checksums
+        match, ids unique across the store.
+
+        Raises
+        ------
+        StoreError
+            Naming the first damaged file.
+        """
+        all_ids = []
+        rows_total = int(self._offsets[-1])
+        with tqdm(total=rows_total, unit="row", unit_scale=True, disable=not progress,
+                  desc=f"verifying {self.root.name}") as bar:
+            for i, info in enumerate(self._shards):
+                path = self.root / info.file
+                with _open_h5(path) as f:
+                    ds = self._datasets(f, i)
+                    hashes = {name: _hasher() for name in ds}
+                    id_blocks = []  # kept from the checksum pass: ids are read once
+                    try:
+                        for a in range(0, info.rows, _COPY_ROWS):
+                            b = min(a + _COPY_ROWS, info.rows)
+                            for name, d in ds.items():
+                                if name == "paths":
+                                    block = d.asstr()[a:b].tolist()
+                                    hashes[name].update(_paths_bytes(block))
+                                else:
+                                    arr = np.ascontiguousarray(d[a:b])
+                                    hashes[name].update(arr)
+                                    if name == "ids":
+                                        id_blocks.append(arr)
+                            bar.update(b - a)
+                        ids = (np.concatenate(id_blocks) if id_blocks
+                               else np.empty(0, np.int64))
+                    except OSError as exc:
+                        raise StoreError(f"{path}: read failed ({exc})") from exc
+                for name, h in hashes.items():
+                    want = info.checksum.get(name)
+                    if want != _fmt_hash(h):
+                        raise StoreError(
+                            f"{path}: checksum of {name!r} is {_fmt_hash(h)}, the manifest "
+                            f"recorded {want} (the shard is damaged)"
+                        )
+                all_ids.append(ids)
+        if all_ids:
+            s = np.sort(np.concatenate(all_ids))
+            dup = np.flatnonzero(s[1:] == s[:-1])
+            if dup.size:
+                raise StoreError(f"{self.root}: id {int(s[dup[0]])} is stored more than once")
+
+
+class _ShardCursor:
+    """Reads global row ranges, keeping at most one shard file open."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+        self._i: int | None = None
+        self._f: h5py.File | None = None
+        self._ds: dict[str, h5py.Dataset] = {}
+
+    def __enter__(self) -> _ShardCursor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def _select(self, i: int) -> dict[str, h5py.Dataset]:
+        if self._i != i:
+            if self._f is not None:
+                self._f.close()
+            path = self.store.root / self.store.shards[i].file
+            self._f = _open_h5(path)
+            self._i = i
+            self._ds = self.store._datasets(self._f, i)
+        return self._ds
+
+    def read(self, a: int, b: int, dtype: np.dtype, *, with_paths: bool = True,
+             progress: bool = False) -> Batch:
+        st = self.store
+        n = b - a
+        emb = np.empty((n, st.dim), dtype=dtype)
+        lab = np.empty(n, dtype=np.int64)
+        ids = np.empty(n, dtype=np.int64)
+        paths: list[str] | None = [] if (with_paths and st.has_paths) else None
+        same = dtype == st._np_dtype
+        buf: np.ndarray | None = None
+        offsets = st._offsets
+        i = int(np.searchsorted(offsets, a, side="right") - 1)
+        pos = a
+        with tqdm(total=n, unit="row", unit_scale=True, disable=not progress,
+                  desc=f"loading {st.root.name}") as bar:
+            while pos < b:
+                ds = self._select(i)
+                lo = pos - int(offsets[i])
+                hi = min(b, int(offsets[i + 1])) - int(offsets[i])
+                # Within a shard, read in blocks so a dtype conversion needs only
+                # a block-sized buffer.
+                for j in range(lo, hi, _COPY_ROWS):
+                    k = min(j + _COPY_ROWS, hi)
+                    o = pos - a + (j - lo)
+                    dst = np.s_[o:o + k - j]
+                    src = np.s_[j:k]
+                    try:
+                        if same:
+                            ds["embeddings"].read_direct(emb, src, dst)
+                        else:
+                            if buf is None:
+                                buf = np.empty((min(_COPY_ROWS, n), st.dim), st._np_dtype)
+                            ds["embeddings"].read_direct(buf, src, np.s_[0:k - j])
+                            emb[dst] = buf[:k - j]
+                        ds["labels"].read_direct(lab, src, dst)
+                        ds["ids"].read_direct(ids, src, dst)
+                        if paths is not None:
+                            paths.extend(ds["paths"].asstr()[j:k].tolist())
+                    except OSError as exc:
+                        raise StoreError(
+                            f"{st.root / st.shards[i].file}: read failed ({exc})") from exc
+                    bar.update(k - j)
+                pos += hi - lo
+                i += 1
+        return Batch(emb, lab, ids, paths)
+
+
+def merge_stores(root: str | os.PathLike[str], parts: Sequence[str | os.PathLike[str]], *,
+                 fsync: bool = True) -> EmbeddingStore:
+    """Write ``root/store.json`` listing the shards of the stores in ``parts``
+    (sub-directories of ``root``, e.g. one per rank of a distributed run).
+
+    The parts must agree on dim, dtype, classes, normalisation and metadata, and
+    their ids must not overlap. Shards are not copied: the merged manifest points
+    into the parts. Rewriting it after the parts grow (a resumed run) is safe.
+    """
+    root = Path(root)
+    stores = [EmbeddingStore(p) for p in parts]
+    if not stores:
+        raise ValueError("merge_stores needs at least one part")
+    first = stores[0]
+    ref = first._manifest
+    shards, info = [], {}
+    for st in stores:
+        m = st._manifest
+        for key in ("dim", "dtype", "classes", "normalized", "metadata"):
+            if m.get(key) != ref.get(key):
+                raise StoreError(f"{st.root}: {key} differs from {first.root}; cannot merge")
+        rel = st.root.resolve().relative_to(root.resolve())
+        shards += [{**s.to_json(), "file": str(rel / s.file)} for s in st.shards]
+        for k, v in m.get("info", {}).items():
+            info[k] = sorted(set(info.get(k, [])) | set(v)) if isinstance(v, list) else v
+    ids = np.concatenate([st.ids() for st in stores]) if shards else np.empty(0, np.int64)
+    s = np.sort(ids)
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    if dup.size:
+        raise StoreError(f"{root}: id {int(s[dup[0]])} is in more than one part")
+    has_paths = {st._manifest.get("has_paths") for st in stores if len(st)}
+    if len(has_paths) > 1:
+        raise StoreError(f"{root}: some parts have paths and some do not")
+    manifest = {**ref, "shards": shards, "rows": int(ids.size), "info": info,
+                "has_paths": has_paths.pop() if has_paths else None,
+                "parts": [str(st.root.resolve().relative_to(root.resolve())) for st in stores]}
+    manifest["provenance"] = {**ref.get("provenance", {}), "updated": _now()}
+    _atomic_write_json(root / MANIFEST_NAME, manifest, fsync=fsync)
+    return EmbeddingStore(root)
