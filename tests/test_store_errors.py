@@ -12,6 +12,7 @@ from conftest import write_store
 
 import faissclass as fc
 from faissclass.store import MANIFEST_NAME
+from faissclass.store._manifest import file_digest
 
 
 @pytest.fixture
@@ -187,8 +188,17 @@ def test_corrupted_bytes_fail_verify(store_dir):
     p.write_bytes(bytes(raw))
     store = fc.EmbeddingStore(store_dir)  # size unchanged: opening succeeds
     with pytest.raises(fc.StoreError,
-                       match=r"shard-00001\.h5: checksum of 'embeddings' is xxh3_64:.*damaged"):
+                       match=r"shard-00001\.h5: the file's checksum is xxh3_64:.*damaged"):
         store.verify()
+    # A store written before file checksums: the per-dataset checksums catch it.
+    m = store_dir / MANIFEST_NAME
+    d = json.loads(m.read_text())
+    for s in d["shards"]:
+        del s["file_checksum"]
+    m.write_text(json.dumps(d))
+    with pytest.raises(fc.StoreError,
+                       match=r"shard-00001\.h5: checksum of 'embeddings' is xxh3_64:.*damaged"):
+        fc.EmbeddingStore(store_dir).verify()
 
 
 def test_manifest_disagreeing_with_shard(store_dir):
@@ -215,6 +225,7 @@ def test_shard_swapped_for_another_file(store_dir, tmp_path):
     m = store_dir / MANIFEST_NAME
     d = json.loads(m.read_text())
     d["shards"][0]["bytes"] = size
+    d["shards"][0]["file_checksum"] = file_digest(tmp_path / "x.h5")  # consistent swap
     m.write_text(json.dumps(d))
     shutil.copy(tmp_path / "x.h5", store_dir / "shard-00000.h5")
     with pytest.raises(fc.StoreError, match=r"shard-00000\.h5: dataset 'labels' is missing"):
@@ -232,6 +243,7 @@ def test_duplicate_ids_across_shards_fail_verify(store_dir):
     m = store_dir / MANIFEST_NAME
     d = json.loads(m.read_text())
     d["shards"][1]["checksum"]["ids"] = f"xxh3_64:{h}"
+    d["shards"][1]["file_checksum"] = file_digest(p)
     m.write_text(json.dumps(d))
     with pytest.raises(fc.StoreError, match="id 5 is stored more than once"):
         fc.EmbeddingStore(store_dir).verify()

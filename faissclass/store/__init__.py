@@ -11,6 +11,9 @@ A shard is written under ``<name>.partial`` and renamed when complete; the
 manifest is replaced atomically (temporary file + rename) after every shard. A
 writer killed at any moment therefore leaves a store that opens and holds every
 completed shard; the shard in progress is lost and a resumed writer rewrites it.
+
+Files: ``_manifest`` (format, checks shared by reader and writer), ``_writer``
+(ShardWriter), ``_reader`` (EmbeddingStore, merge_stores). No faiss, no torch.
 """
 
 from ._manifest import DTYPES, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, ShardInfo, StoreError

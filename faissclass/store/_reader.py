@@ -1,4 +1,10 @@
-"""EmbeddingStore: bounded-memory reads of a store; merge_stores for per-rank parts."""
+"""EmbeddingStore: bounded-memory reads of a store; merge_stores for per-rank parts.
+
+Reads are checked: on its first read through a store object, each shard's
+bytes are hashed and compared with the manifest before libhdf5 parses them
+(``verify_reads=True``, the default), so a damaged or swapped shard is an error
+naming the file, never silently different data.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +18,28 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._validation import (
-    StoreError,
-    check_int_vector,
-)
+from .._validation import StoreError, check_int, check_int_vector
 from ._manifest import (
-    _COPY_ROWS,
+    COPY_ROWS,
     DTYPES,
     MANIFEST_NAME,
     ShardInfo,
-    _atomic_write_json,
-    _check_shard_files,
-    _fmt_hash,
-    _hasher,
-    _now,
-    _open_h5,
-    _paths_bytes,
-    _read_manifest,
-    _shard_datasets,
+    atomic_write_json,
+    check_shard_files,
+    file_digest,
+    fmt_hash,
+    h5_errors,
+    hasher,
+    now,
+    open_h5,
+    paths_bytes,
+    read_manifest,
+    shard_datasets,
 )
+
+__all__ = ["Batch", "EmbeddingStore", "merge_stores"]
+
+_READ_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Batch(NamedTuple):
@@ -57,32 +66,37 @@ class Batch(NamedTuple):
 class EmbeddingStore:
     """Read-only view of a store written by :class:`ShardWriter`.
 
-    Opening reads the manifest and checks that every shard exists with the
-    recorded size; data is read lazily. ``verify()`` checks every checksum.
+    Opening reads and checks the manifest (every field, before any allocation
+    it sizes) and checks that every shard is a regular file inside the store
+    directory with the recorded size; data is read lazily.
 
     Parameters
     ----------
     root : str or Path
         Store directory.
+    verify_reads : bool
+        Hash each shard's bytes on its first read through this object and compare
+        with the manifest before using them (XXH3, ~30 GB/s; the cost is one
+        extra sequential read of each shard, usually from the page cache, once
+        per object: see the README for measured figures). Off, a damaged shard
+        may be read as wrong numbers; structural damage is still an error.
 
     Raises
     ------
     StoreError
-        Not a store, or a shard is missing or truncated (the message names the file).
+        Not a store, a malformed manifest, or a shard that is missing, truncated,
+        outside the store or not a regular file (the message names the file).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, verify_reads: bool = True) -> None:
         self.root = Path(root)
-        self._manifest = _read_manifest(self.root)
-        mpath = self.root / MANIFEST_NAME
-        self._shards = tuple(ShardInfo.from_json(s, mpath) for s in self._manifest["shards"])
-        total = sum(s.rows for s in self._shards)
-        if total != self._manifest.get("rows", total):
-            raise StoreError(f"{mpath}: rows={self._manifest['rows']} but the shards hold {total}")
-        _check_shard_files(self.root, self._shards)
+        self.verify_reads = bool(verify_reads)
+        self._manifest, self._shards = read_manifest(self.root)
+        self._paths = check_shard_files(self.root, self._shards)
         self._offsets = np.concatenate([[0], np.cumsum([s.rows for s in self._shards])]).astype(
             np.int64)
         self._np_dtype = np.dtype(DTYPES[self._manifest["dtype"]])
+        self._verified: set[int] = set()
 
     # ------------------------------------------------------------------ description
 
@@ -136,21 +150,51 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------ reading
 
+    def _open_shard(self, i: int) -> h5py.File:
+        """Shard ``i`` opened for reading; verified first when ``verify_reads``."""
+        if self.verify_reads and i not in self._verified:
+            self._check_bytes(i)
+            self._verified.add(i)
+        return open_h5(self._paths[i])
+
+    def _check_bytes(self, i: int) -> None:
+        info, path = self._shards[i], self._paths[i]
+        if info.file_checksum is None:  # stores written before file checksums
+            self._verify_datasets(i)
+            return
+        try:
+            got = file_digest(path)
+        except OSError as exc:
+            raise StoreError(f"{path}: read failed ({exc.strerror})") from exc
+        if got != info.file_checksum:
+            raise StoreError(f"{path}: the file's checksum is {got}, the manifest recorded "
+                             f"{info.file_checksum} (the shard is damaged or was replaced)")
+
     def _datasets(self, f: h5py.File, i: int) -> dict[str, h5py.Dataset]:
-        return _shard_datasets(f, self.root / self._shards[i].file, self._shards[i], self.dim,
-                               self._np_dtype, self.has_paths)
+        return shard_datasets(f, self._paths[i], self._shards[i], self.dim, self._np_dtype,
+                              self.has_paths)
 
     def row_range(self, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
         """Global rows [start, stop) that ``rank`` of ``world_size`` reads: contiguous,
         disjoint, covering every row once, sizes differing by at most one."""
-        if isinstance(world_size, bool) or not isinstance(world_size, int | np.integer) \
-                or world_size < 1:
-            raise ValueError(f"world_size must be a positive int; got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int | np.integer) \
-                or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}); got {rank!r}")
+        world_size = check_int(world_size, "world_size")
+        rank = check_int(rank, "rank", min_value=None)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
         n = len(self)
-        return n * int(rank) // int(world_size), n * (int(rank) + 1) // int(world_size)
+        return n * rank // world_size, n * (rank + 1) // world_size
+
+    def _out_dtype(self, dtype: Any) -> np.dtype:
+        if dtype is None:
+            return self._np_dtype
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"dtype must be a float dtype or None; got {dtype!r}") from exc
+        if dt not in _READ_DTYPES:
+            raise TypeError(f"dtype must be float16, float32, float64 or None (the on-disk "
+                            f"dtype); got {dt}")
+        return dt
 
     def iter_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
                      dtype: Any = np.float32, progress: bool = False) -> Iterator[Batch]:
@@ -165,7 +209,7 @@ class EmbeddingStore:
             Rows per batch; the last batch may be smaller.
         rank, world_size : int
             Read only this rank's contiguous slice (see :meth:`row_range`).
-        dtype : numpy dtype or None
+        dtype : {float16, float32, float64} or None
             Embedding dtype of the batches; None keeps the on-disk dtype.
         progress : bool
             Show a tqdm bar over rows.
@@ -175,15 +219,13 @@ class EmbeddingStore:
         Batch
             ``embeddings`` (b, dim), ``labels`` (b,) int64, ``ids`` (b,) int64, ``paths``.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
-                or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        batch_size = check_int(batch_size, "batch_size")
         start, stop = self.row_range(rank, world_size)
-        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        out_dtype = self._out_dtype(dtype)
         with tqdm(total=stop - start, unit="row", unit_scale=True, disable=not progress,
                   desc=f"reading {self.root.name}") as bar, _ShardCursor(self) as cur:
-            for a in range(start, stop, int(batch_size)):
-                b = min(a + int(batch_size), stop)
+            for a in range(start, stop, batch_size):
+                b = min(a + batch_size, stop)
                 yield cur.read(a, b, out_dtype)
                 bar.update(b - a)
 
@@ -198,7 +240,7 @@ class EmbeddingStore:
         ids : numpy.ndarray, shape (n,), int64
         """
         n = len(self)
-        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        out_dtype = self._out_dtype(dtype)
         with _ShardCursor(self) as cur:
             batch = cur.read(0, n, out_dtype, with_paths=False, progress=progress)
         return batch.embeddings, batch.labels, batch.ids
@@ -219,7 +261,7 @@ class EmbeddingStore:
         if r.size and (r.min() < 0 or r.max() >= n):
             badv = int(r[(r < 0) | (r >= n)][0])
             raise IndexError(f"row {badv} is out of range for a store of {n} rows")
-        out_dtype = self._np_dtype if dtype is None else np.dtype(dtype)
+        out_dtype = self._out_dtype(dtype)
         uniq, inverse = np.unique(r, return_inverse=True)
         emb = np.empty((uniq.size, self.dim), dtype=out_dtype)
         lab = np.empty(uniq.size, dtype=np.int64)
@@ -229,8 +271,8 @@ class EmbeddingStore:
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
             local = uniq[sel] - self._offsets[s]
-            path = self.root / self._shards[s].file
-            with _open_h5(path) as f:
+            path = self._paths[int(s)]
+            with self._open_shard(int(s)) as f, h5_errors(path, "reading rows"):
                 ds = self._datasets(f, int(s))
                 lo, hi = int(local[0]), int(local[-1]) + 1
                 if hi - lo <= max(4 * local.size, 4096):  # dense: one slice read
@@ -241,15 +283,12 @@ class EmbeddingStore:
                 else:  # sparse: h5py point selection (indices must increase)
                     def get(d: h5py.Dataset, local: np.ndarray = local) -> np.ndarray:
                         return d[local]
-                try:
-                    emb[sel] = get(ds["embeddings"])
-                    lab[sel] = get(ds["labels"])
-                    ids[sel] = get(ds["ids"])
-                    if paths is not None:
-                        for j, p in zip(sel.tolist(), get(ds["paths"].asstr()), strict=True):
-                            paths[j] = p
-                except OSError as exc:
-                    raise StoreError(f"{path}: read failed ({exc})") from exc
+                emb[sel] = get(ds["embeddings"])
+                lab[sel] = get(ds["labels"])
+                ids[sel] = get(ds["ids"])
+                if paths is not None:
+                    for j, p in zip(sel.tolist(), get(ds["paths"].asstr()), strict=True):
+                        paths[j] = p
         if uniq.size == r.size and (r.size < 2 or bool(np.all(r[1:] > r[:-1]))):
             return Batch(emb, lab, ids, paths)  # already in order: no reordering copy
         return Batch(
@@ -268,21 +307,48 @@ class EmbeddingStore:
     def _column(self, name: str) -> np.ndarray:
         out = np.empty(len(self), np.int64)
         for i, info in enumerate(self._shards):
-            path = self.root / info.file
-            with _open_h5(path) as f:
+            path = self._paths[i]
+            with self._open_shard(i) as f, h5_errors(path, f"reading {name}"):
                 ds = self._datasets(f, i)[name]
-                try:
-                    ds.read_direct(out, np.s_[0:info.rows],
-                                   np.s_[int(self._offsets[i]):int(self._offsets[i + 1])])
-                except OSError as exc:
-                    raise StoreError(f"{path}: read failed ({exc})") from exc
+                ds.read_direct(out, np.s_[0:info.rows],
+                               np.s_[int(self._offsets[i]):int(self._offsets[i + 1])])
         return out
 
     # ------------------------------------------------------------------ integrity
 
+    def _verify_datasets(self, i: int, bar: Any = None) -> np.ndarray:
+        """Check shard ``i``'s dataset checksums; returns its ids."""
+        info, path = self._shards[i], self._paths[i]
+        with open_h5(path) as f, h5_errors(path, "reading the shard"):
+            ds = self._datasets(f, i)
+            hashes = {name: hasher() for name in ds}
+            id_blocks = []  # kept from the checksum pass: ids are read once
+            for a in range(0, info.rows, COPY_ROWS):
+                b = min(a + COPY_ROWS, info.rows)
+                for name, d in ds.items():
+                    if name == "paths":
+                        hashes[name].update(paths_bytes(d.asstr()[a:b].tolist()))
+                    else:
+                        arr = np.ascontiguousarray(d[a:b])
+                        hashes[name].update(arr)
+                        if name == "ids":
+                            id_blocks.append(arr)
+                if bar is not None:
+                    bar.update(b - a)
+            ids = np.concatenate(id_blocks) if id_blocks else np.empty(0, np.int64)
+        for name, h in hashes.items():
+            want = info.checksum.get(name)
+            if want != fmt_hash(h):
+                raise StoreError(
+                    f"{path}: checksum of {name!r} is {fmt_hash(h)}, the manifest "
+                    f"recorded {want} (the shard is damaged)"
+                )
+        return ids
+
     def verify(self, *, progress: bool = False) -> None:
-        """Check every shard: opens, shapes and dtypes match the manifest, checksums
-        match, ids unique across the store.
+        """Check every shard: the file's checksum (before libhdf5 parses it), datasets
+        opening with the manifest's shapes and dtypes, their checksums, and ids unique
+        across the store.
 
         Raises
         ------
@@ -290,40 +356,13 @@ class EmbeddingStore:
             Naming the first damaged file.
         """
         all_ids = []
-        rows_total = int(self._offsets[-1])
-        with tqdm(total=rows_total, unit="row", unit_scale=True, disable=not progress,
+        with tqdm(total=len(self), unit="row", unit_scale=True, disable=not progress,
                   desc=f"verifying {self.root.name}") as bar:
-            for i, info in enumerate(self._shards):
-                path = self.root / info.file
-                with _open_h5(path) as f:
-                    ds = self._datasets(f, i)
-                    hashes = {name: _hasher() for name in ds}
-                    id_blocks = []  # kept from the checksum pass: ids are read once
-                    try:
-                        for a in range(0, info.rows, _COPY_ROWS):
-                            b = min(a + _COPY_ROWS, info.rows)
-                            for name, d in ds.items():
-                                if name == "paths":
-                                    block = d.asstr()[a:b].tolist()
-                                    hashes[name].update(_paths_bytes(block))
-                                else:
-                                    arr = np.ascontiguousarray(d[a:b])
-                                    hashes[name].update(arr)
-                                    if name == "ids":
-                                        id_blocks.append(arr)
-                            bar.update(b - a)
-                        ids = (np.concatenate(id_blocks) if id_blocks
-                               else np.empty(0, np.int64))
-                    except OSError as exc:
-                        raise StoreError(f"{path}: read failed ({exc})") from exc
-                for name, h in hashes.items():
-                    want = info.checksum.get(name)
-                    if want != _fmt_hash(h):
-                        raise StoreError(
-                            f"{path}: checksum of {name!r} is {_fmt_hash(h)}, the manifest "
-                            f"recorded {want} (the shard is damaged)"
-                        )
-                all_ids.append(ids)
+            for i in range(len(self._shards)):
+                if self._shards[i].file_checksum is not None:
+                    self._check_bytes(i)
+                all_ids.append(self._verify_datasets(i, bar))
+                self._verified.add(i)
         if all_ids:
             s = np.sort(np.concatenate(all_ids))
             dup = np.flatnonzero(s[1:] == s[:-1])
@@ -344,16 +383,18 @@ class _ShardCursor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._ds = {}
         if self._f is not None:
             self._f.close()
             self._f = None
 
     def _select(self, i: int) -> dict[str, h5py.Dataset]:
         if self._i != i:
+            self._ds = {}
             if self._f is not None:
                 self._f.close()
-            path = self.store.root / self.store.shards[i].file
-            self._f = _open_h5(path)
+                self._f = None
+            self._f = self.store._open_shard(i)
             self._i = i
             self._ds = self.store._datasets(self._f, i)
         return self._ds
@@ -379,27 +420,24 @@ class _ShardCursor:
                 hi = min(b, int(offsets[i + 1])) - int(offsets[i])
                 # Within a shard, read in blocks so a dtype conversion needs only
                 # a block-sized buffer.
-                for j in range(lo, hi, _COPY_ROWS):
-                    k = min(j + _COPY_ROWS, hi)
-                    o = pos - a + (j - lo)
-                    dst = np.s_[o:o + k - j]
-                    src = np.s_[j:k]
-                    try:
+                with h5_errors(st._paths[i], "reading rows"):
+                    for j in range(lo, hi, COPY_ROWS):
+                        k = min(j + COPY_ROWS, hi)
+                        o = pos - a + (j - lo)
+                        dst = np.s_[o:o + k - j]
+                        src = np.s_[j:k]
                         if same:
                             ds["embeddings"].read_direct(emb, src, dst)
                         else:
                             if buf is None:
-                                buf = np.empty((min(_COPY_ROWS, n), st.dim), st._np_dtype)
+                                buf = np.empty((min(COPY_ROWS, n), st.dim), st._np_dtype)
                             ds["embeddings"].read_direct(buf, src, np.s_[0:k - j])
                             emb[dst] = buf[:k - j]
                         ds["labels"].read_direct(lab, src, dst)
                         ds["ids"].read_direct(ids, src, dst)
                         if paths is not None:
                             paths.extend(ds["paths"].asstr()[j:k].tolist())
-                    except OSError as exc:
-                        raise StoreError(
-                            f"{st.root / st.shards[i].file}: read failed ({exc})") from exc
-                    bar.update(k - j)
+                        bar.update(k - j)
                 pos += hi - lo
                 i += 1
         return Batch(emb, lab, ids, paths)
@@ -420,13 +458,18 @@ def merge_stores(root: str | os.PathLike[str], parts: Sequence[str | os.PathLike
         raise ValueError("merge_stores needs at least one part")
     first = stores[0]
     ref = first._manifest
-    shards, info = [], {}
+    shards, info, rels = [], {}, []
     for st in stores:
         m = st._manifest
         for key in ("dim", "dtype", "classes", "normalized", "metadata"):
             if m.get(key) != ref.get(key):
                 raise StoreError(f"{st.root}: {key} differs from {first.root}; cannot merge")
-        rel = st.root.resolve().relative_to(root.resolve())
+        try:
+            rel = st.root.resolve().relative_to(root.resolve())
+        except ValueError:
+            raise ValueError(f"part {st.root} is not inside {root}; parts must be "
+                             "sub-directories of the merged store") from None
+        rels.append(str(rel))
         shards += [{**s.to_json(), "file": str(rel / s.file)} for s in st.shards]
         for k, v in m.get("info", {}).items():
             info[k] = sorted(set(info.get(k, [])) | set(v)) if isinstance(v, list) else v
@@ -439,8 +482,8 @@ def merge_stores(root: str | os.PathLike[str], parts: Sequence[str | os.PathLike
     if len(has_paths) > 1:
         raise StoreError(f"{root}: some parts have paths and some do not")
     manifest = {**ref, "shards": shards, "rows": int(ids.size), "info": info,
-                "has_paths": has_paths.pop() if has_paths else None,
-                "parts": [str(st.root.resolve().relative_to(root.resolve())) for st in stores]}
-    manifest["provenance"] = {**ref.get("provenance", {}), "updated": _now()}
-    _atomic_write_json(root / MANIFEST_NAME, manifest, fsync=fsync)
+                "has_paths": has_paths.pop() if has_paths else None, "parts": rels}
+    manifest["pending"] = None
+    manifest["provenance"] = {**ref.get("provenance", {}), "updated": now()}
+    atomic_write_json(root / MANIFEST_NAME, manifest, fsync=fsync)
     return EmbeddingStore(root)

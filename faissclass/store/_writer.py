@@ -1,10 +1,21 @@
-"""ShardWriter: crash-safe, resumable appends of embeddings into a store."""
+"""ShardWriter: crash-safe, resumable appends of embeddings into a store.
+
+Safety of the user's files: a writer deletes, renames or overwrites only files
+it can prove are its own — the temporary manifest, and the shard the manifest
+says was in progress (``pending``: recorded before the file is created, its
+partial name carrying a random token) — and creates every new file under a
+name that does not exist yet. It refuses a directory holding anything else
+unless that directory is a store.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import json
+import logging
 import os
+import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,43 +28,51 @@ import xxhash
 from .._ids import IdSet, sorted_unique
 from .._validation import (
     StoreError,
+    check_choice,
     check_embeddings,
+    check_id_vector,
+    check_int,
     check_int_vector,
     check_str_sequence,
     first_nonfinite_row,
 )
 from ._manifest import (
-    _LOCK_NAME,
-    _PARTIAL,
-    _SHARD_RE,
     DEFAULT_SHARD_BYTES,
     DTYPES,
     FORMAT_NAME,
     FORMAT_VERSION,
+    LOCK_NAME,
     MANIFEST_NAME,
+    PARTIAL,
+    PARTIAL_RE,
+    SHARD_RE,
     ShardInfo,
-    _atomic_write_json,
-    _check_shard_files,
-    _fmt_hash,
-    _fsync_dir,
-    _hashed,
-    _hasher,
-    _json_roundtrip,
-    _library_versions,
-    _now,
-    _open_h5,
-    _paths_bytes,
-    _read_manifest,
-    _shard_datasets,
-    fcntl,
-    log,
+    atomic_write_json,
+    check_shard_files,
+    file_digest,
+    fmt_hash,
+    fsync_dir,
+    h5_errors,
+    hashed,
+    hasher,
+    json_roundtrip,
+    library_versions,
+    now,
+    open_h5,
+    paths_bytes,
+    read_manifest,
+    shard_datasets,
+    shard_name,
 )
 
-# --------------------------------------------------------------------------- id bookkeeping
+try:  # POSIX advisory lock; absent on Windows, where the store is simply unlocked.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
+__all__ = ["ShardWriter"]
 
-# --------------------------------------------------------------------------- writer
-
+log = logging.getLogger("faissclass.store")
 
 class _Column:
     """One numeric dataset of the open shard, written a whole HDF5 chunk at a time.
@@ -125,36 +144,73 @@ def _even_chunk(capacity: int, target: int) -> int:
     return -(-capacity // n)
 
 
+def _neutralise(fd: int | None, inode: tuple[int, int] | None) -> None:
+    """Point the descriptor of a shard being discarded at an anonymous in-memory file.
+
+    After a failed write (a full disk), libhdf5 keeps dirty data it cannot
+    write; every later flush fails again, and at interpreter exit it crashes the
+    process (segfault) trying once more. The shard being discarded, its bytes do
+    not matter: redirected to memory, the final flush succeeds and the file
+    closes cleanly. ``fd`` was read when the file was healthy (asking libhdf5
+    for it after a failure can itself crash); ``inode`` proves it still is the
+    shard's descriptor, not a number reused by another file.
+    """
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or fd is None or inode is None:  # pragma: no cover
+        return
+    with contextlib.suppress(OSError):
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != inode:
+            return
+        mem = memfd_create("faissclass-discarded-shard")
+        try:
+            os.dup2(mem, fd)
+        finally:
+            os.close(mem)
+
+
 class _OpenShard:
     """The shard being filled: a ``.partial`` HDF5 file, renamed when complete."""
 
-    def __init__(self, root: Path, index: int, *, capacity: int, dim: int, dtype: np.dtype,
-                 has_paths: bool) -> None:
-        self.name = f"shard-{index:05d}.h5"
-        self.final = root / self.name
-        self.tmp = root / (self.name + _PARTIAL)
+    def __init__(self, root: Path, name: str, partial: str, *, capacity: int, dim: int,
+                 dtype: np.dtype, has_paths: bool) -> None:
+        self.name = name
+        self.final = root / name
+        self.tmp = root / partial
         self.capacity = capacity
         self.rows = 0
         names = ("embeddings", "labels", "ids", "paths") if has_paths else (
             "embeddings", "labels", "ids")
-        self.hash = {name: _hasher() for name in names}
+        self.hash = {name: hasher() for name in names}
         c_emb = _even_chunk(capacity, max(1, _CHUNK_BYTES // (dim * dtype.itemsize)))
         c_int = _even_chunk(capacity, max(c_emb, _MIN_CHUNK_ROWS))
-        self.file = h5py.File(self.tmp, "w")
+        # "x": create, failing if the name exists; the writer never overwrites a file.
+        self.file: h5py.File | None = h5py.File(self.tmp, "x")
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        try:
+            with contextlib.suppress(Exception):  # the sec2 driver's descriptor
+                self._fd = int(self.file.id.get_vfd_handle())
+                st = os.fstat(self._fd)
+                self._inode = (st.st_dev, st.st_ino)
+            def column(name: str, row: tuple[int, ...], dt: Any, c: int) -> h5py.Dataset:
+                assert self.file is not None
+                return self.file.create_dataset(name, (capacity, *row), dtype=dt,
+                                                maxshape=(None, *row), chunks=(c, *row))
 
-        def column(name: str, row: tuple[int, ...], dt: Any, c: int) -> h5py.Dataset:
-            return self.file.create_dataset(name, (capacity, *row), dtype=dt,
-                                            maxshape=(None, *row), chunks=(c, *row))
-
-        # On-disk byte order is little-endian; direct chunk writes copy bytes as-is.
-        self.cols = {
-            "embeddings": _Column(
-                column("embeddings", (dim,), dtype.newbyteorder("<"), c_emb), c_emb),
-            "labels": _Column(column("labels", (), "<i8", c_int), c_int),
-            "ids": _Column(column("ids", (), "<i8", c_int), c_int),
-        }
-        self.paths = (column("paths", (), h5py.string_dtype("utf-8"), min(capacity, 4096))
-                      if has_paths else None)
+            # On-disk byte order is little-endian; direct chunk writes copy bytes as-is.
+            self.cols: dict[str, _Column] = {
+                "embeddings": _Column(
+                    column("embeddings", (dim,), dtype.newbyteorder("<"), c_emb), c_emb),
+                "labels": _Column(column("labels", (), "<i8", c_int), c_int),
+                "ids": _Column(column("ids", (), "<i8", c_int), c_int),
+            }
+            self.paths: h5py.Dataset | None = (
+                column("paths", (), h5py.string_dtype("utf-8"), min(capacity, 4096))
+                if has_paths else None)
+        except BaseException:
+            self.discard()
+            raise
 
     def write(self, pool: ThreadPoolExecutor, emb: np.ndarray, labels: np.ndarray,
               ids: np.ndarray, paths: list[str] | None) -> dict[str, xxhash.xxh3_64]:
@@ -165,16 +221,16 @@ class _OpenShard:
         a = self.rows
         # The embeddings hash runs on the worker while h5py writes (both release
         # the GIL); the caller's buffer is not used after this returns.
-        fut = pool.submit(_hashed, self.hash["embeddings"], emb)
+        fut = pool.submit(hashed, self.hash["embeddings"], emb)
         try:
             for name, data in (("embeddings", emb), ("labels", labels), ("ids", ids)):
                 self.cols[name].write(a, data.astype(self.cols[name].ds.dtype, copy=False))
-            staged = {"labels": _hashed(self.hash["labels"], labels),
-                      "ids": _hashed(self.hash["ids"], ids)}
+            staged = {"labels": hashed(self.hash["labels"], labels),
+                      "ids": hashed(self.hash["ids"], ids)}
             if paths is not None:
                 assert self.paths is not None
                 self.paths[a:a + len(paths)] = np.array(paths, dtype=object)
-                staged["paths"] = _hashed(self.hash["paths"], _paths_bytes(paths))
+                staged["paths"] = hashed(self.hash["paths"], paths_bytes(paths))
         finally:
             h = fut.result()
         staged["embeddings"] = h
@@ -190,27 +246,57 @@ class _OpenShard:
         for col in self.cols.values():
             col.rollback(self.rows)
 
-    def finish(self, *, fsync: bool) -> tuple[Path, int]:
-        """Flush, shrink to the rows written, close, rename into place; returns (path, bytes)."""
+    def finish(self, *, fsync: bool) -> tuple[Path, int, str]:
+        """Flush, shrink to the rows written, close, rename into place.
+
+        Returns (path, bytes, XXH3-64 of the file). The file is hashed after it
+        is closed (read back from the page cache), so that a reader can check
+        every byte before libhdf5 parses any of it.
+        """
+        assert self.file is not None
         for col in self.cols.values():
             col.finish(self.rows)
         if self.paths is not None:
             self.paths.resize(self.rows, axis=0)
-        self.file.close()
+        # Everything reaches the file while it is healthy: a failure here leaves it
+        # to discard() (redirect, drop datasets, close), in that order.
+        self.file.flush()
+        self.cols, self.paths = {}, None  # no dataset object outlives the file
+        try:
+            self.file.close()
+        except Exception:
+            _neutralise(self._fd, self._inode)
+            raise
+        self.file = None
+        digest = file_digest(self.tmp)
         if fsync:
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        if os.path.lexists(self.final):  # never replace a file that appeared meanwhile
+            raise StoreError(f"{self.final}: a file of this name appeared while the shard was "
+                             f"written; the finished shard stays at {self.tmp}")
         os.replace(self.tmp, self.final)
         if fsync:
-            _fsync_dir(self.final.parent)
-        return self.final, self.final.stat().st_size
+            fsync_dir(self.final.parent)
+        return self.final, self.final.stat().st_size, digest
 
     def discard(self) -> None:
-        with contextlib.suppress(Exception):
-            self.file.close()
+        """Close and delete the partial file, whatever state libhdf5 is in.
+
+        The descriptor is redirected to memory first (see :func:`_neutralise`), then
+        the dataset objects are dropped, then the file is closed: after a failed
+        write every flush on the way must succeed, or libhdf5 crashes later.
+        """
+        f, self.file = self.file, None
+        if f is not None:
+            _neutralise(self._fd, self._inode)
+        self.cols, self.paths = {}, None
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 
@@ -222,7 +308,8 @@ class ShardWriter:
     ----------
     root : str or Path
         Store directory. Created if absent. If it already holds a store, the
-        writer resumes it: appends continue after the last complete shard.
+        writer resumes it: appends continue after the last complete shard. Any
+        other non-empty directory is refused, and nothing in it is touched.
     dim : int
         Embedding width.
     dtype : {"float16", "float32"}
@@ -232,7 +319,7 @@ class ShardWriter:
     classes : sequence of str or int, optional
         Class names; labels are then indices into it (``-1`` = unlabelled).
     metadata : dict, optional
-        Caller's provenance (model, transform, dataset...), JSON-serialisable.
+        Caller's provenance (model, transform, dataset...), strict JSON (no NaN).
         Stored in the manifest with library versions and creation time.
     normalized : bool
         Declares the embeddings L2-normalised; every appended row is checked
@@ -247,12 +334,15 @@ class ShardWriter:
         Resuming a store with another dim, dtype, class list, normalisation or
         metadata; a non-empty directory that is not a store.
     StoreError
-        The existing store is damaged, or another writer holds it.
+        The existing store is damaged, or another writer holds it; a directory
+        holding shard files but no manifest.
 
     Notes
     -----
     Default ids are global row numbers. ``stored_ids()`` / ``contains(ids)``
-    tell a resumed run which items are done, so it can skip them.
+    tell a resumed run which items are done, so it can skip them. A write that
+    fails (a full disk) drops the shard in progress, keeps every finished
+    shard, and closes the writer; reopen it to resume.
     """
 
     def __init__(
@@ -267,38 +357,35 @@ class ShardWriter:
         normalized: bool = False,
         fsync: bool = True,
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
-            raise ValueError(f"dim must be a positive int; got {dim!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
+        self.dim = check_int(dim, "dim")
+        check_choice(dtype, "dtype", list(DTYPES))
         self.root = Path(root)
-        self.dim = int(dim)
         self.dtype = str(dtype)
         self._np_dtype = np.dtype(DTYPES[dtype])
         if shard_size is None:
             shard_size = max(1024, DEFAULT_SHARD_BYTES // (self.dim * self._np_dtype.itemsize))
-        if isinstance(shard_size, bool) or not isinstance(shard_size, int | np.integer) \
-                or shard_size < 1:
-            raise ValueError(f"shard_size must be a positive int; got {shard_size!r}")
-        self.shard_size = int(shard_size)
+        self.shard_size = check_int(shard_size, "shard_size")
         self.normalized = bool(normalized)
         self._fsync = bool(fsync)
         classes_list = None if classes is None else _check_classes(classes)
-        meta = {} if metadata is None else _json_roundtrip(dict(metadata), "metadata")
+        meta = {} if metadata is None else json_roundtrip(dict(metadata), "metadata")
 
+        created_dir = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
+        created_lock = not (self.root / LOCK_NAME).exists()
         self._lock_fd = _acquire_lock(self.root)
         self._closed = False
+        self._failed_at: Path | None = None
         self._rows_open = 0
         self._shard: _OpenShard | None = None
         self._ids = IdSet()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="faissclass-crc")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="faissclass-store")
         try:
             if (self.root / MANIFEST_NAME).exists():
-                self._manifest = _read_manifest(self.root)
+                self._manifest, shards = read_manifest(self.root)
                 self._check_resume(classes_list, meta)
-                self._clean_stale()
-                self._load_ids()
+                self._clean_own_leftovers(shards)
+                self._load_ids(shards)
             else:
                 self._check_empty_dir()
                 self._manifest = {
@@ -311,15 +398,22 @@ class ShardWriter:
                     "has_paths": None,
                     "shard_size": self.shard_size,
                     "rows": 0,
+                    "pending": None,
                     "metadata": meta,
-                    "provenance": {"created": _now(), "updated": _now(),
-                                   "versions": _library_versions()},
+                    "provenance": {"created": now(), "updated": now(),
+                                   "versions": library_versions()},
                     "shards": [],
                 }
-                self._clean_stale()
                 self._write_manifest()
         except BaseException:
             self._release()
+            if not (self.root / MANIFEST_NAME).exists():  # refused: leave no trace
+                if created_lock:
+                    with contextlib.suppress(OSError):
+                        (self.root / LOCK_NAME).unlink()
+                if created_dir:
+                    with contextlib.suppress(OSError):
+                        self.root.rmdir()
             raise
 
     # ------------------------------------------------------------------ resume
@@ -346,40 +440,79 @@ class ShardWriter:
             )
         self._manifest["shard_size"] = self.shard_size
 
-    def _clean_stale(self) -> None:
-        listed = {s["file"] for s in self._manifest["shards"]}
-        for p in self.root.iterdir():
-            if p.name.endswith(_PARTIAL) or p.name == MANIFEST_NAME + ".tmp":
-                log.info("removing %s left by an interrupted writer", p)
-                p.unlink()
-            elif _SHARD_RE.match(p.name) and p.name not in listed:
-                # Renamed into place but the manifest update never happened:
-                # unverifiable, so it is rewritten by the resumed run.
-                log.warning("removing %s: complete shard missing from the manifest", p)
-                p.unlink()
+    def _clean_own_leftovers(self, shards: Sequence[ShardInfo]) -> None:
+        """Remove what an interrupted writer of this store left: the temporary manifest
+        and the shard the manifest records as in progress (``pending``), whole or
+        partial. Other files are not this writer's and stay, whatever their names."""
+        listed = {s.file for s in shards}
+        if "pending" in self._manifest:
+            pending = self._manifest["pending"]
+        else:  # written before 0.2: the shard in progress was named by the shard count
+            name = shard_name(len(shards))
+            pending = {"file": name, "partial": name + PARTIAL}
+        own = {MANIFEST_NAME + ".tmp"}
+        if pending:
+            own.add(pending["partial"])
+            if pending["file"] not in listed:
+                own.add(pending["file"])  # renamed into place, manifest not yet updated
+        for p in sorted(self.root.iterdir()):
+            if p.name in own:
+                if p.is_file() and not p.is_symlink():
+                    log.info("removing %s, left by an interrupted writer of this store", p)
+                    p.unlink()
+            elif (SHARD_RE.match(p.name) or PARTIAL_RE.match(p.name)) and p.name not in listed:
+                log.warning("leaving %s alone: it is not listed in %s and was not this "
+                            "store's shard in progress; new shards will not use its name", p,
+                            MANIFEST_NAME)
+        self._manifest["pending"] = None
 
     def _check_empty_dir(self) -> None:
-        foreign = [p.name for p in self.root.iterdir()
-                   if p.name != _LOCK_NAME and not p.name.endswith((_PARTIAL, ".tmp"))
-                   and not _SHARD_RE.match(p.name)]
-        if foreign:
+        entries = sorted(p.name for p in self.root.iterdir()
+                         if p.name not in (LOCK_NAME, MANIFEST_NAME + ".tmp"))
+        shard_like = [n for n in entries if SHARD_RE.match(n) or PARTIAL_RE.match(n)]
+        if shard_like:
+            raise StoreError(
+                f"{self.root} holds shard files ({', '.join(shard_like[:3])}"
+                f"{', ...' if len(shard_like) > 3 else ''}; {len(shard_like)} in all) but no "
+                f"{MANIFEST_NAME}: it looks like a store whose manifest was lost. Nothing was "
+                f"touched. To recover, restore {MANIFEST_NAME} from a backup (or "
+                "merge_stores for per-rank parts); to start over, move or delete the shard "
+                "files yourself, or write to a new directory."
+            )
+        if entries:
             raise ValueError(
-                f"{self.root} is not empty and not a faissclass store (holds {foreign[:3]}); "
+                f"{self.root} is not empty and not a faissclass store (holds {entries[:3]}); "
                 "refusing to write into it. Pick a new or empty directory."
             )
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / (MANIFEST_NAME + ".tmp")).unlink()  # our own name, never a user's
 
-    def _load_ids(self) -> None:
-        shards = [ShardInfo.from_json(s, self.root / MANIFEST_NAME)
-                  for s in self._manifest["shards"]]
-        _check_shard_files(self.root, shards)
+    def _load_ids(self, shards: Sequence[ShardInfo]) -> None:
+        paths = check_shard_files(self.root, shards)
         has_paths = bool(self._manifest.get("has_paths"))
-        for s in shards:
-            p = self.root / s.file
-            with _open_h5(p) as f:
-                ds = _shard_datasets(f, p, s, self.dim, self._np_dtype, has_paths)
+        for s, p in zip(shards, paths, strict=True):
+            with open_h5(p) as f, h5_errors(p, "reading ids"):
+                ds = shard_datasets(f, p, s, self.dim, self._np_dtype, has_paths)
                 ids = ds["ids"][:]
             ids.sort()
             self._ids.add_run(ids)
+
+    def _open_new_shard(self) -> _OpenShard:
+        """Start a shard under a name no file has (above every shard-like name in the
+        directory), recording it in the manifest as pending before the file exists."""
+        top = -1
+        names = [p.name for p in self.root.iterdir()] + [
+            s["file"] for s in self._manifest["shards"] if "/" not in s["file"]]
+        for name in names:
+            m = SHARD_RE.match(name) or PARTIAL_RE.match(name)
+            if m:
+                top = max(top, int(m.group(1)))
+        name = shard_name(top + 1)
+        partial = f"{name}.{secrets.token_hex(4)}{PARTIAL}"
+        self._manifest["pending"] = {"file": name, "partial": partial}
+        self._write_manifest()
+        return _OpenShard(self.root, name, partial, capacity=self.shard_size, dim=self.dim,
+                          dtype=self._np_dtype, has_paths=bool(self._manifest["has_paths"]))
 
     # ------------------------------------------------------------------ properties
 
@@ -405,7 +538,7 @@ class ShardWriter:
         """Record ``value`` under ``key`` in the manifest's ``info`` (written now)."""
         if self._closed:
             raise ValueError(f"ShardWriter for {self.root} is closed")
-        self._manifest.setdefault("info", {})[str(key)] = _json_roundtrip(value, "info value")
+        self._manifest.setdefault("info", {})[str(key)] = json_roundtrip(value, "info value")
         self._write_manifest()
 
     def stored_ids(self) -> np.ndarray:
@@ -430,9 +563,16 @@ class ShardWriter:
         labels : array_like, shape (n,), int
             Indices into ``classes`` when the store has classes; ``-1`` = unlabelled.
         ids : array_like, shape (n,), int, optional
-            Unique within the store; default: the global row numbers.
+            Unique within the store, never -1 (FAISS's "no result"); default: the
+            global row numbers.
         paths : sequence of str, optional
             Source of each row. Either every append passes paths or none does.
+
+        Raises
+        ------
+        OSError
+            Writing failed (e.g. a full disk): the shard in progress was dropped,
+            finished shards are intact, and the writer is closed; reopen to resume.
         """
         if self._closed:
             raise ValueError(f"ShardWriter for {self.root} is closed")
@@ -442,8 +582,8 @@ class ShardWriter:
         self._check_labels(lab)
         if self.normalized and n:
             norms = np.linalg.norm(emb.astype(np.float32, copy=False), axis=1)
-            off = np.flatnonzero(np.abs(norms - 1.0) > 1e-2)
-            if off.size:
+            off = np.flatnonzero(~(np.abs(norms - 1.0) <= 1e-2))
+            if off.size and np.isfinite(norms[off[0]]):
                 raise ValueError(
                     f"embeddings row {int(off[0])} has L2 norm {norms[off[0]]:.4g} but the store "
                     "is declared normalized=True; normalise the rows first"
@@ -451,7 +591,7 @@ class ShardWriter:
         if ids is None:
             idv = np.arange(len(self), len(self) + n, dtype=np.int64)
         else:
-            idv = check_int_vector(ids, n=n, name="ids")
+            idv = check_id_vector(ids, n=n, name="ids")
         increasing = self._check_new_ids(idv)
         had_paths = self._manifest.get("has_paths")
         plist = self._check_paths(paths, n)
@@ -465,11 +605,7 @@ class ShardWriter:
             off = 0
             while off < n:
                 if self._shard is None:
-                    self._shard = _OpenShard(
-                        self.root, len(self._manifest["shards"]), capacity=self.shard_size,
-                        dim=self.dim, dtype=self._np_dtype,
-                        has_paths=bool(self._manifest["has_paths"]),
-                    )
+                    self._shard = self._open_new_shard()
                 take = min(n - off, self._shard.capacity - self._shard.rows)
                 sl = slice(off, off + take)
                 staged = self._shard.write(self._pool, emb[sl], lab[sl], idv[sl],
@@ -478,21 +614,43 @@ class ShardWriter:
                     checked = True
                     bad = check.result()
                     if bad is not None:
-                        raise ValueError(self._nonfinite_message(embeddings, bad))
+                        raise _Rejected(self._nonfinite_message(embeddings, bad))
                 self._shard.commit(staged, take)
                 self._ids.add_open(idv[sl] if increasing else np.sort(idv[sl]))
                 self._rows_open = self._shard.rows
                 off += take
                 if self._shard.rows == self._shard.capacity:
                     self._finish_shard()
-        except BaseException:
+        except BaseException as exc:
             if not checked:
                 check.result()
-            if self._shard is not None:
-                self._shard.rollback()
             if len(self) == 0:
                 self._manifest["has_paths"] = had_paths
+            if isinstance(exc, Exception) and not isinstance(exc, _Rejected):
+                # libhdf5 or the file system failed: the open shard is unusable.
+                raise self._fail(exc) from exc
+            # A rejected batch, or an interrupt: keep every committed row.
+            if self._shard is not None:
+                try:
+                    self._shard.rollback()
+                except Exception as exc2:
+                    raise self._fail(exc2) from exc2
+            if isinstance(exc, _Rejected):
+                raise ValueError(str(exc)) from None
             raise
+
+    def _fail(self, exc: BaseException) -> OSError:
+        """Drop the shard in progress after an I/O error, close the writer, and say so."""
+        dropped = self._rows_open
+        where = self._shard.tmp if self._shard is not None else self._failed_at or self.root
+        self.abort()
+        code = getattr(exc, "errno", None)
+        why = os.strerror(code) if code else (str(exc).splitlines() or [repr(exc)])[0]
+        return OSError(code or _errno.EIO, (
+            f"{where}: writing failed ({why}). The {dropped} rows of the unfinished shard were "
+            f"dropped; the {int(self._manifest['rows'])} rows of finished shards are intact. "
+            "The writer is closed: free space (or fix the cause) and open a ShardWriter on "
+            "the same directory to resume."))
 
     def _nonfinite_message(self, embeddings: Any, bad: int) -> str:
         src = np.asarray(embeddings)[bad]
@@ -534,10 +692,12 @@ class ShardWriter:
         if has is None:
             if n == 0:
                 return None if paths is None else check_str_sequence(paths, n=0, name="paths")
+            out = None if paths is None else check_str_sequence(paths, n=n, name="paths")
             self._manifest["has_paths"] = given
-        elif has and not given:
+            return out
+        if has and not given:
             raise ValueError("this store records paths: pass paths= with every append")
-        elif given and not has:
+        if given and not has:
             raise ValueError("this store was started without paths: omit paths= "
                              "(or write to a new store)")
         return None if paths is None else check_str_sequence(paths, n=n, name="paths")
@@ -547,27 +707,28 @@ class ShardWriter:
         assert shard is not None
         rows = shard.rows
         try:
-            path, size = shard.finish(fsync=self._fsync)
+            path, size, digest = shard.finish(fsync=self._fsync)
         except BaseException:
-            shard.discard()
-            raise
-        finally:
-            self._shard = None
-            self._rows_open = 0
+            self._failed_at = shard.tmp
+            raise  # the caller drops the shard (abort), keeping the count for its message
+        self._shard = None
+        self._rows_open = 0
         ids = self._ids.close_open()
         self._manifest["shards"].append(ShardInfo(
             file=shard.name, rows=rows, bytes=size,
-            checksum={k: _fmt_hash(h) for k, h in shard.hash.items()},
+            checksum={k: fmt_hash(h) for k, h in shard.hash.items()},
             id_min=int(ids[0]) if ids.size else None,
             id_max=int(ids[-1]) if ids.size else None,
+            file_checksum=digest,
         ).to_json())
         self._manifest["rows"] = int(self._manifest["rows"]) + rows
+        self._manifest["pending"] = None
         self._write_manifest()
         log.debug("finished %s (%d rows)", path, rows)
 
     def _write_manifest(self) -> None:
-        self._manifest["provenance"]["updated"] = _now()
-        _atomic_write_json(self.root / MANIFEST_NAME, self._manifest, fsync=self._fsync)
+        self._manifest["provenance"]["updated"] = now()
+        atomic_write_json(self.root / MANIFEST_NAME, self._manifest, fsync=self._fsync)
 
     # ------------------------------------------------------------------ closing
 
@@ -576,15 +737,18 @@ class ShardWriter:
         if self._closed:
             return
         try:
-            if self._shard is not None:
-                if self._shard.rows:
-                    self._finish_shard()
-                else:
-                    self._shard.discard()
-                    self._shard = None
-            self._write_manifest()
+            try:
+                if self._shard is not None:
+                    if self._shard.rows:
+                        self._finish_shard()
+                    else:
+                        self._shard.discard()
+                        self._shard = None
+                self._write_manifest()
+            except Exception as exc:
+                raise self._fail(exc) from exc
         finally:
-            self._release()
+            self.abort()  # releases the lock; a no-op for a shard already finished
 
     def abort(self) -> None:
         """Drop the shard in progress; completed shards stay. Releases the lock."""
@@ -595,9 +759,10 @@ class ShardWriter:
             self._shard = None
             self._ids.discard_open()
             self._rows_open = 0
+            self._manifest["pending"] = None  # written with the next manifest, if any
         self._release()
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # idempotent
         self._closed = True
         self._pool.shutdown(wait=True)
         if self._lock_fd is not None:
@@ -624,6 +789,10 @@ class ShardWriter:
                 f"rows={len(self)}, {state})")
 
 
+class _Rejected(Exception):
+    """A batch refused after its first chunk was written (non-finite values)."""
+
+
 def _check_classes(classes: Sequence[Any]) -> list[Any]:
     if isinstance(classes, str | bytes):
         raise TypeError("classes must be a sequence of names, not a single string")
@@ -631,6 +800,8 @@ def _check_classes(classes: Sequence[Any]) -> list[Any]:
     for c in out:
         if isinstance(c, bool) or not isinstance(c, str | int | np.integer):
             raise TypeError(f"class names must be str or int; got {c!r} ({type(c).__name__})")
+        if isinstance(c, str) and "\0" in c:
+            raise ValueError(f"class name {c!r} holds a NUL byte")
     out = [int(c) if isinstance(c, np.integer) else c for c in out]
     if len(set(out)) != len(out):
         seen: set[Any] = set()
@@ -648,11 +819,10 @@ def _short(x: Any, n: int = 4) -> str:
 def _acquire_lock(root: Path) -> int | None:
     if fcntl is None:  # pragma: no cover
         return None
-    fd = os.open(root / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise StoreError(f"{root}: another ShardWriter has this store open") from None
     return fd
-
