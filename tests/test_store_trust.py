@@ -469,7 +469,7 @@ def test_a_full_disk_is_a_clear_error_leaves_the_store_consistent_and_no_crash(
 
 
 def test_nan_in_metadata_is_refused_not_written_as_non_standard_json(tmp_path):
-    with pytest.raises(ValueError, match="metadata must be JSON-serialisable.*NaN"):
+    with pytest.raises(ValueError, match=r"metadata must be JSON-serialisable.*NaN"):
         fc.ShardWriter(tmp_path / "s", dim=4, metadata={"lr": float("nan")})
     assert not (tmp_path / "s").exists()
 
