@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
-from ._validation import FaissclassError, StoreError
+from ._validation import FaissclassError, FormatError, IndexFileError, StoreError
 from ._version import __version__
 from .store import Batch, EmbeddingStore, ShardInfo, ShardWriter
 
@@ -65,6 +65,8 @@ __all__ = [
     "Batch",
     "EmbeddingStore",
     "FaissclassError",
+    "FormatError",
+    "IndexFileError",
     "IndexSpec",
     "KNNClassifier",
     "PrototypeClassifier",

@@ -90,6 +90,8 @@ def check_int(value: Any, name: str, *, min_value: int | None = 1,
                 else f"an int >= {min_value}")
     elif min_value is None:
         want = f"an int <= {max_value}"
+    elif min_value == 1:
+        want = f"a positive int <= {max_value}"
     else:
         want = f"an int in [{min_value}, {max_value}]"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import warnings
 
 import numpy as np
@@ -239,17 +240,26 @@ def test_save_load_gives_identical_results(tmp_path, data, device, spec, params,
     assert again.ntotal == N + 1
 
 
-def test_save_replaces_and_load_rejects_damage(tmp_path, rng):
+def test_save_replaces_only_with_overwrite_and_load_rejects_damage(tmp_path, rng):
     X = rng.standard_normal((50, 8)).astype(np.float32)
     idx = fc.VectorIndex(8).add(X)
     idx.save(tmp_path / "ix")
     idx.add(X + 1)
-    idx.save(tmp_path / "ix")  # overwrite in place
+    with pytest.raises(FileExistsError, match="already holds a saved index; pass overwrite"):
+        idx.save(tmp_path / "ix")
+    assert fc.VectorIndex.load(tmp_path / "ix").ntotal == 50
+    idx.save(tmp_path / "ix", overwrite=True)  # replaces in place
     assert fc.VectorIndex.load(tmp_path / "ix").ntotal == 100
-    with pytest.raises(fc.StoreError, match="not a saved VectorIndex"):
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]  # nothing hidden left
+    with pytest.raises(fc.IndexFileError, match="no such index directory"):
         fc.VectorIndex.load(tmp_path / "nothing")
     (tmp_path / "ix" / "index.faiss").write_bytes(b"garbage")
-    with pytest.raises(fc.StoreError, match=r"index\.faiss: unreadable FAISS index"):
+    with pytest.raises(fc.IndexFileError, match=r"index\.faiss: checksum .* damaged"):
+        fc.VectorIndex.load(tmp_path / "ix")
+    meta = json.loads((tmp_path / "ix" / "index.json").read_text())
+    del meta["checksums"]  # as saved before checksums: FAISS's own error, whole
+    (tmp_path / "ix" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(fc.IndexFileError, match=r"index\.faiss: unreadable FAISS index"):
         fc.VectorIndex.load(tmp_path / "ix")
 
 
