@@ -153,19 +153,26 @@ def check_embeddings(
     if isinstance(x, np.ndarray):
         arr = x
     else:
+        if hasattr(x, "tocsr") and hasattr(x, "nnz"):  # scipy.sparse, without importing it
+            raise TypeError(f"{name}: sparse input is not supported; pass a dense array "
+                            "(X.toarray())")
         try:
             arr = np.asarray(x)
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"{name} must be a 2-D array of floats; got {type(x).__name__}"
             ) from exc
+    if arr.dtype.kind == "c":
+        raise ValueError(f"{name}: Complex data not supported (got dtype {arr.dtype}); "
+                         "embeddings are real vectors")
     if arr.dtype.kind not in _FLOAT_KINDS:
         raise TypeError(
             f"{name} must hold floating-point values (float16/32/64); got dtype {arr.dtype}. "
             "Cast explicitly if integer values really are coordinates."
         )
     if arr.ndim != 2:
-        hint = " (a single vector? use x[None, :])" if arr.ndim == 1 else ""
+        hint = (" (a single vector? Reshape your data with x[None, :])" if arr.ndim == 1
+                else "")
         raise ValueError(f"{name} must be 2-D (rows, dim); got shape {arr.shape}{hint}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} have dim {arr.shape[1]}, expected {dim}")

@@ -249,7 +249,7 @@ def test_prototype_gemm_shortcut_equals_index_search(split, metric):
 def test_prototype_save_load_round_trip(tmp_path, split):
     X, y, Q, _ = split
     for clf in (fc.PrototypeClassifier().fit(X, y), fc.PrototypeClassifier(center=True).fit(X, y)):
-        clf.save(tmp_path / "p")
+        clf.save(tmp_path / "p", overwrite=True)
         again = fc.PrototypeClassifier.load(tmp_path / "p")
         np.testing.assert_array_equal(again.predict(Q), clf.predict(Q))
         again.update(Q[:5], again.predict(Q[:5]))  # still incremental after loading
@@ -351,7 +351,7 @@ def test_select_prototypes_keeps_the_least_central(split):
 def test_loading_the_wrong_classifier_type_is_an_error(tmp_path, split):
     X, y, _, _ = split
     fc.PrototypeClassifier().fit(X, y).save(tmp_path / "p")
-    with pytest.raises(ValueError, match="holds a PrototypeClassifier, not a KNNClassifier"):
+    with pytest.raises(fc.IndexFileError, match="holds a PrototypeClassifier, not a KNNClassifier"):
         fc.KNNClassifier.load(tmp_path / "p")
-    with pytest.raises(ValueError, match="not a saved classifier"):
+    with pytest.raises(fc.IndexFileError, match="not a saved classifier"):
         fc.PrototypeClassifier.load(tmp_path / "nothing")
