@@ -4,7 +4,9 @@ For each dtype, the same in-memory arrays (embeddings, int64 labels, int64 ids)
 are written and read back (a) through ShardWriter / EmbeddingStore and (b) with
 raw h5py into one file, alternating A and B in every repeat; medians are
 reported with the store/raw ratio. Files live in --tmp, so reads come from the
-page cache, as they do right after an embedding run.
+page cache, as they do right after an embedding run. Store reads open a fresh
+EmbeddingStore each time and are timed with the read path's checksum pass on
+(the default) and off, to report its cost.
 
     python benchmarks/bench_store.py                       # 1,000,000 x 384, 5 repeats
     python benchmarks/bench_store.py --rows 100000 --repeats 3
@@ -144,14 +146,22 @@ def main() -> None:
                         dt = settled_time(ops[k], 2 * X.nbytes)
                         if rep:
                             t.setdefault(k, []).append(dt)
-                store = fc.EmbeddingStore(root)
+                # A fresh store object per read, as in a new process: the read path's
+                # checksum pass (verify_reads, on by default) runs once per object.
+                def opened(verify: bool = True, root: Path = root) -> fc.EmbeddingStore:
+                    return fc.EmbeddingStore(root, verify_reads=verify)
+
                 reads = {
                     "raw_read": lambda raw=raw: raw_read(raw, False),
-                    "store_load_native": lambda store=store: store.load(dtype=None),
+                    "store_load_native": lambda: opened().load(dtype=None),
+                    "store_load_native_noverify": lambda: opened(False).load(dtype=None),
                     "raw_read_f32": lambda raw=raw: raw_read(raw, True),
-                    "store_load_f32": lambda store=store: store.load(),
-                    "store_iter_f32": lambda store=store: [
-                        None for _ in store.iter_batches(args.read_batch)],
+                    "store_load_f32": lambda: opened().load(),
+                    "store_load_f32_noverify": lambda: opened(False).load(),
+                    "store_iter_f32": lambda: [
+                        None for _ in opened().iter_batches(args.read_batch)],
+                    "store_iter_f32_noverify": lambda: [
+                        None for _ in opened(False).iter_batches(args.read_batch)],
                 }
                 for k in (list(reads) if rep % 2 else list(reads)[::-1]):
                     dt = settled_time(reads[k], 2 * X32.nbytes)
@@ -173,6 +183,10 @@ def main() -> None:
                 "read_ratio_native": med["raw_read"] / med["store_load_native"],
                 "read_ratio_f32": med["raw_read_f32"] / med["store_load_f32"],
                 "iter_ratio_f32": med["raw_read_f32"] / med["store_iter_f32"],
+                "verify_cost_native": med["store_load_native"] / med[
+                    "store_load_native_noverify"],
+                "verify_cost_f32": med["store_load_f32"] / med["store_load_f32_noverify"],
+                "verify_cost_iter": med["store_iter_f32"] / med["store_iter_f32_noverify"],
                 "stream_rss_growth_MB": round(growth / 2**20, 1),
                 "stream_rss_bound_MB": round((2 * batch_bytes + 200 * 2**20) / 2**20, 1),
                 "all_timings_s": t,
@@ -193,6 +207,9 @@ def main() -> None:
             ("raw_read_f32_MBps", "raw read→f32 MB/s"), ("store_load_f32_MBps", "load f32 MB/s"),
             ("read_ratio_f32", "load f32 ×raw"),
             ("store_iter_f32_MBps", "iter f32 MB/s"), ("iter_ratio_f32", "iter f32 ×raw"),
+            ("verify_cost_native", "load: verified ÷ unverified time"),
+            ("verify_cost_f32", "load f32: verified ÷ unverified"),
+            ("verify_cost_iter", "iter f32: verified ÷ unverified"),
             ("stream_rss_growth_MB", "stream peak RSS +MB"),
             ("stream_rss_bound_MB", "bound MB")]
     print(markdown_table(rows_out, cols))

@@ -404,10 +404,9 @@ class VectorIndex:
         self._index = self._to_gpu(cpu)
 
     def _check_params(self, params: SearchParams) -> None:
-        if params.nprobe is not None:
-            if self._nlist is None:
-                raise ValueError(f"nprobe applies to IVF indexes; this one is "
-                                 f"{self.spec.factory_string(self.dim)}")
+        if params.nprobe is not None and self._nlist is None:
+            raise ValueError(f"nprobe applies to IVF indexes; this one is "
+                             f"{self.spec.factory_string(self.dim)}")
         if params.ef_search is not None and self._base_params.ef_search is None:
             raise ValueError(f"ef_search applies to HNSW indexes; this one is "
                              f"{self.spec.factory_string(self.dim)}")
