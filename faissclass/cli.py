@@ -168,7 +168,7 @@ def _build(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     index = fc.VectorIndex.build(store, spec, device=args.device, seed=args.seed,
                                  train_size=args.train_size, progress=not args.quiet)
-    index.save(args.out)
+    index.save(args.out, overwrite=args.overwrite)
     print(f"{args.out}: {spec.factory_string(store.dim)}, {index.ntotal} vectors, "
           f"{index.memory_bytes / 2**20:.1f} MB, built in {time.perf_counter() - t:.1f} s")
     return 0
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train-size", type=int)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an index previously saved at --out (never anything else)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_build)
 

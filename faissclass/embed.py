@@ -22,6 +22,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     raise ImportError("faissclass.embed needs torch, torchvision, timm and pillow: "
                       "pip install 'faissclass[embed]'") from _exc
 
+from ._validation import check_int
 from .data import ArrayDataset
 from .store import EmbeddingStore, ShardWriter, merge_stores
 
@@ -233,8 +234,9 @@ class Embedder:
         """
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
-        if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 0:
-            raise ValueError(f"n_views must be an int >= 0; got {n_views!r}")
+        n_views = check_int(n_views, "n_views", min_value=0)
+        batch_size = check_int(batch_size, "batch_size")
+        num_workers = check_int(num_workers, "num_workers", min_value=0)
         stride = n_views + 1
         base = np.asarray(dataset.ids, np.int64)
         all_ids = (base[:, None] * stride + np.arange(stride)[None, :]).reshape(-1)

@@ -1147,9 +1147,8 @@ def suggest_spec(n: int, dim: int, memory_budget_bytes: int) -> IndexSpec:
     ValueError
         If even the smallest PQ code does not fit the budget.
     """
-    for name, v in (("n", n), ("dim", dim), ("memory_budget_bytes", memory_budget_bytes)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name} must be a positive int; got {v!r}")
+    n, dim = check_int(n, "n"), check_int(dim, "dim")
+    memory_budget_bytes = check_int(memory_budget_bytes, "memory_budget_bytes")
     flat = n * dim * 4
     if n < 10_000 and flat <= memory_budget_bytes:
         return IndexSpec(kind="flat")

@@ -502,3 +502,19 @@ def test_numpy_integers_are_accepted_everywhere_python_ints_are(tmp_path, rng):
     store = fc.EmbeddingStore(tmp_path / "s")
     assert len(list(store.iter_batches(np.int64(7), rank=np.int64(1),
                                        world_size=np.int32(2)))) == 2
+
+
+def test_every_shard_gets_a_file_checksum_and_reads_check_ahead(store_dir, monkeypatch):
+    m = manifest(store_dir)
+    assert all(s["file_checksum"] == file_digest(store_dir / s["file"]) for s in m["shards"])
+    import faissclass.store._reader as reader
+
+    seen = []
+    real = reader.EmbeddingStore._check_bytes
+    monkeypatch.setattr(reader.EmbeddingStore, "_check_bytes",
+                        lambda self, i: seen.append(i) or real(self, i))
+    store = fc.EmbeddingStore(store_dir)
+    first = next(store.iter_batches(10))  # shard 0 checked, shard 1 checked ahead
+    assert first.ids.tolist() == list(range(10))
+    list(store.iter_batches(10))
+    assert sorted(seen) == [0, 1, 2]

@@ -13,7 +13,6 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import mmap
 import numbers
 import os
 import platform
@@ -47,7 +46,7 @@ SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
 SHARD_NAME_RE = re.compile(r"^shard-\d{5,}\.h5(?:\.[0-9a-f]{8}\.partial|\.partial)?$")
 PARTIAL_RE = re.compile(r"^shard-(\d{5,})\.h5(?:\.[0-9a-f]{8})?\.partial$")
 COPY_ROWS = 65_536  # block size when copying or checksumming a shard
-_HASH_BLOCK = 2**20
+_HASH_BLOCK = 256 * 2**10
 
 
 def shard_name(number: int) -> str:
@@ -207,23 +206,18 @@ def fmt_hash(h: xxhash.xxh3_64) -> str:
 
 
 def file_digest(path: Path) -> str:
-    """XXH3-64 of a file's bytes, hashed through a read-only memory map (no copy:
-    ~10 GB/s from the page cache here, against ~4 GB/s reading into a buffer)."""
+    """XXH3-64 of a file's bytes, read in 256 KiB blocks into one reused buffer.
+
+    ~6 GB/s from the page cache here (a memory map reached ~10 GB/s but counts the
+    whole file in the process's resident memory, which bounded-memory reads
+    must not); readers and the writer run it on a worker thread, behind other work.
+    """
     h = hasher()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size:
-            try:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                    h.update(m)
-                return fmt_hash(h)
-            except (OSError, ValueError):  # a file system without mmap: read it
-                f.seek(0)
-                h = hasher()
-                buf = bytearray(_HASH_BLOCK)
-                view = memoryview(buf)
-                while n := f.readinto(buf):
-                    h.update(view[:n])
+    buf = bytearray(_HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return fmt_hash(h)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -97,6 +98,7 @@ class EmbeddingStore:
             np.int64)
         self._np_dtype = np.dtype(DTYPES[self._manifest["dtype"]])
         self._verified: set[int] = set()
+        self._checking: dict[int, Future[None]] = {}  # verifications running ahead
 
     # ------------------------------------------------------------------ description
 
@@ -150,12 +152,30 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _open_shard(self, i: int) -> h5py.File:
-        """Shard ``i`` opened for reading; verified first when ``verify_reads``."""
-        if self.verify_reads and i not in self._verified:
-            self._check_bytes(i)
-            self._verified.add(i)
+    def _open_shard(self, i: int, prefetch: int | None = None,
+                    pool: ThreadPoolExecutor | None = None) -> h5py.File:
+        """Shard ``i`` opened for reading; verified first when ``verify_reads``.
+
+        With ``pool``, shard ``prefetch`` is verified on the pool's thread while
+        the caller reads shard ``i`` (a sequential read then pays for the check of
+        its first shard only).
+        """
+        if self.verify_reads:
+            self._ensure_verified(i)
+            if (pool is not None and prefetch is not None and prefetch < len(self._shards)
+                    and prefetch not in self._verified and prefetch not in self._checking):
+                self._checking[prefetch] = pool.submit(self._check_bytes, prefetch)
         return open_h5(self._paths[i])
+
+    def _ensure_verified(self, i: int) -> None:
+        if i in self._verified:
+            return
+        fut = self._checking.pop(i, None)
+        if fut is not None:
+            fut.result()  # re-raises the StoreError of a damaged shard
+        else:
+            self._check_bytes(i)
+        self._verified.add(i)
 
     def _check_bytes(self, i: int) -> None:
         info, path = self._shards[i], self._paths[i]
@@ -306,12 +326,14 @@ class EmbeddingStore:
 
     def _column(self, name: str) -> np.ndarray:
         out = np.empty(len(self), np.int64)
-        for i, info in enumerate(self._shards):
-            path = self._paths[i]
-            with self._open_shard(i) as f, h5_errors(path, f"reading {name}"):
-                ds = self._datasets(f, i)[name]
-                ds.read_direct(out, np.s_[0:info.rows],
-                               np.s_[int(self._offsets[i]):int(self._offsets[i + 1])])
+        with _ShardCursor(self) as cur:  # its pool checks shard i + 1 while i is read
+            for i, info in enumerate(self._shards):
+                path = self._paths[i]
+                with self._open_shard(i, prefetch=i + 1, pool=cur._pool) as f, \
+                        h5_errors(path, f"reading {name}"):
+                    ds = self._datasets(f, i)[name]
+                    ds.read_direct(out, np.s_[0:info.rows],
+                                   np.s_[int(self._offsets[i]):int(self._offsets[i + 1])])
         return out
 
     # ------------------------------------------------------------------ integrity
@@ -378,6 +400,8 @@ class _ShardCursor:
         self._i: int | None = None
         self._f: h5py.File | None = None
         self._ds: dict[str, h5py.Dataset] = {}
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="faissclass-verify")
+                      if store.verify_reads and len(store.shards) > 1 else None)
 
     def __enter__(self) -> _ShardCursor:
         return self
@@ -387,6 +411,13 @@ class _ShardCursor:
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            # A check left running ahead is finished; its result is kept for later.
+            for j, fut in list(self.store._checking.items()):
+                if fut.done() and fut.exception() is None:
+                    self.store._verified.add(j)
+                    del self.store._checking[j]
 
     def _select(self, i: int) -> dict[str, h5py.Dataset]:
         if self._i != i:
@@ -394,7 +425,7 @@ class _ShardCursor:
             if self._f is not None:
                 self._f.close()
                 self._f = None
-            self._f = self.store._open_shard(i)
+            self._f = self.store._open_shard(i, prefetch=i + 1, pool=self._pool)
             self._i = i
             self._ds = self.store._datasets(self._f, i)
         return self._ds

@@ -246,13 +246,8 @@ class _OpenShard:
         for col in self.cols.values():
             col.rollback(self.rows)
 
-    def finish(self, *, fsync: bool) -> tuple[Path, int, str]:
-        """Flush, shrink to the rows written, close, rename into place.
-
-        Returns (path, bytes, XXH3-64 of the file). The file is hashed after it
-        is closed (read back from the page cache), so that a reader can check
-        every byte before libhdf5 parses any of it.
-        """
+    def finish(self, *, fsync: bool) -> tuple[Path, int]:
+        """Flush, shrink to the rows written, close, rename into place; (path, bytes)."""
         assert self.file is not None
         for col in self.cols.values():
             col.finish(self.rows)
@@ -268,7 +263,6 @@ class _OpenShard:
             _neutralise(self._fd, self._inode)
             raise
         self.file = None
-        digest = file_digest(self.tmp)
         if fsync:
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
@@ -281,7 +275,7 @@ class _OpenShard:
         os.replace(self.tmp, self.final)
         if fsync:
             fsync_dir(self.final.parent)
-        return self.final, self.final.stat().st_size, digest
+        return self.final, self.final.stat().st_size
 
     def discard(self) -> None:
         """Close and delete the partial file, whatever state libhdf5 is in.
@@ -376,6 +370,7 @@ class ShardWriter:
         self._lock_fd = _acquire_lock(self.root)
         self._closed = False
         self._failed_at: Path | None = None
+        self._digests: list[tuple[int, Any]] = []  # (shard entry, future file checksum)
         self._rows_open = 0
         self._shard: _OpenShard | None = None
         self._ids = IdSet()
@@ -707,7 +702,7 @@ class ShardWriter:
         assert shard is not None
         rows = shard.rows
         try:
-            path, size, digest = shard.finish(fsync=self._fsync)
+            path, size = shard.finish(fsync=self._fsync)
         except BaseException:
             self._failed_at = shard.tmp
             raise  # the caller drops the shard (abort), keeping the count for its message
@@ -719,14 +714,29 @@ class ShardWriter:
             checksum={k: fmt_hash(h) for k, h in shard.hash.items()},
             id_min=int(ids[0]) if ids.size else None,
             id_max=int(ids[-1]) if ids.size else None,
-            file_checksum=digest,
         ).to_json())
+        # The whole-file checksum (what readers verify before libhdf5 parses a byte)
+        # is computed on the worker while the next shard is written, and recorded
+        # with the next manifest write; until then the dataset checksums stand in.
+        self._digests.append((len(self._manifest["shards"]) - 1,
+                              self._pool.submit(file_digest, path)))
         self._manifest["rows"] = int(self._manifest["rows"]) + rows
         self._manifest["pending"] = None
         self._write_manifest()
         log.debug("finished %s (%d rows)", path, rows)
 
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, *, wait: bool = False) -> None:
+        left = []
+        for i, fut in self._digests:
+            if wait or fut.done():
+                try:
+                    self._manifest["shards"][i]["file_checksum"] = fut.result()
+                except OSError as exc:  # left without one: dataset checksums stand in
+                    log.warning("could not checksum %s: %s",
+                                self._manifest["shards"][i]["file"], exc)
+            else:
+                left.append((i, fut))
+        self._digests = left
         self._manifest["provenance"]["updated"] = now()
         atomic_write_json(self.root / MANIFEST_NAME, self._manifest, fsync=self._fsync)
 
@@ -744,7 +754,7 @@ class ShardWriter:
                     else:
                         self._shard.discard()
                         self._shard = None
-                self._write_manifest()
+                self._write_manifest(wait=True)
             except Exception as exc:
                 raise self._fail(exc) from exc
         finally:
@@ -759,7 +769,10 @@ class ShardWriter:
             self._shard = None
             self._ids.discard_open()
             self._rows_open = 0
-            self._manifest["pending"] = None  # written with the next manifest, if any
+            self._manifest["pending"] = None
+        if self._digests:  # record the checksums of finished shards, if the disk lets us
+            with contextlib.suppress(Exception):
+                self._write_manifest(wait=True)
         self._release()
 
     def _release(self) -> None:  # idempotent
