@@ -375,6 +375,8 @@ class ShardWriter:
         self._shard: _OpenShard | None = None
         self._ids = IdSet()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="faissclass-store")
+        # Its own thread: a shard's file checksum must not delay the next batch's checks.
+        self._digest_pool = ThreadPoolExecutor(1, thread_name_prefix="faissclass-digest")
         try:
             if (self.root / MANIFEST_NAME).exists():
                 self._manifest, shards = read_manifest(self.root)
@@ -505,7 +507,9 @@ class ShardWriter:
         name = shard_name(top + 1)
         partial = f"{name}.{secrets.token_hex(4)}{PARTIAL}"
         self._manifest["pending"] = {"file": name, "partial": partial}
-        self._write_manifest()
+        # No fsync: losing this record to a power cut only leaves the partial file
+        # unclaimed (kept, not deleted, on resume); a kill cannot lose it.
+        self._write_manifest(fsync=False)
         return _OpenShard(self.root, name, partial, capacity=self.shard_size, dim=self.dim,
                           dtype=self._np_dtype, has_paths=bool(self._manifest["has_paths"]))
 
@@ -719,13 +723,13 @@ class ShardWriter:
         # is computed on the worker while the next shard is written, and recorded
         # with the next manifest write; until then the dataset checksums stand in.
         self._digests.append((len(self._manifest["shards"]) - 1,
-                              self._pool.submit(file_digest, path)))
+                              self._digest_pool.submit(file_digest, path)))
         self._manifest["rows"] = int(self._manifest["rows"]) + rows
         self._manifest["pending"] = None
         self._write_manifest()
         log.debug("finished %s (%d rows)", path, rows)
 
-    def _write_manifest(self, *, wait: bool = False) -> None:
+    def _write_manifest(self, *, wait: bool = False, fsync: bool | None = None) -> None:
         left = []
         for i, fut in self._digests:
             if wait or fut.done():
@@ -738,7 +742,8 @@ class ShardWriter:
                 left.append((i, fut))
         self._digests = left
         self._manifest["provenance"]["updated"] = now()
-        atomic_write_json(self.root / MANIFEST_NAME, self._manifest, fsync=self._fsync)
+        atomic_write_json(self.root / MANIFEST_NAME, self._manifest,
+                          fsync=self._fsync if fsync is None else fsync)
 
     # ------------------------------------------------------------------ closing
 
@@ -778,6 +783,7 @@ class ShardWriter:
     def _release(self) -> None:  # idempotent
         self._closed = True
         self._pool.shutdown(wait=True)
+        self._digest_pool.shutdown(wait=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
