@@ -312,3 +312,16 @@ def test_cli_build_never_replaces_a_store_and_overwrites_only_with_the_flag(tmp_
         main(["build", "--store", str(store.root), "--out", out, "--quiet"])
     assert main(["build", "--store", str(store.root), "--out", out, "--quiet",
                  "--overwrite"]) == 0
+
+
+def test_numpy_integers_are_accepted_like_python_ints_and_bools_refused(small):
+    # Before, IndexSpec and SearchParams refused np.int64 where the classifiers took it.
+    spec = fc.IndexSpec(kind="ivf", nlist=np.int64(8), M=np.int32(16))
+    idx = fc.VectorIndex(np.int64(16), spec).train(small).add(small)
+    res = idx.search(small[:4], np.int64(3), fc.SearchParams(nprobe=np.int64(2)))
+    assert res.ids.shape == (4, 3)
+    proto = fc.PrototypeClassifier(n_prototypes=np.int64(2)).fit(small, np.arange(300) % 3)
+    assert len(proto.prototypes_) == 6
+    for bad in (True, 2.0, "4"):
+        with pytest.raises(ValueError, match="nlist must be a positive int"):
+            fc.IndexSpec(kind="ivf", nlist=bad)
