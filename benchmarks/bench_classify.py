@@ -18,21 +18,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from _common import environment, markdown_table, median, save_record
 
 import faissclass as fc
+from faissclass.bench import environment, markdown_table, median, save_record
+from faissclass.data import clustered
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
 def data(n: int, nq: int, dim: int, classes: int, noise: float, seed: int):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, dim), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    y = rng.integers(0, classes, n + nq)
-    x = centres[y] + noise / np.sqrt(dim) * rng.standard_normal((n + nq, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x[:n], y[:n], x[n:], y[n:]
+    return clustered(n, dim, classes, noise=noise, seed=seed, n_queries=nq, query_labels=True)
 
 
 def dino_knn(train: object, train_labels: object, q: np.ndarray, k: int, T: float,
@@ -122,7 +120,7 @@ def main() -> None:
                   "knn_vs_sklearn": med["sklearn KNN brute cosine"] / knn_s,
                   "prototype_vs_knn": knn_s / med["faissclass prototype predict"],
               }}
-    path = save_record("bench_classify", record)
+    path = save_record("bench_classify", record, OUT_DIR)
     print(markdown_table(rows, [("method", "method"), ("seconds", "s (median)"),
                                 ("queries/s", "queries/s"), ("vs KNN predict", "÷ KNN time"),
                                 ("top-1", "top-1")]))

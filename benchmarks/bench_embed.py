@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import environment, markdown_table, median, save_record
-
 import faissclass as fc
+from faissclass.bench import environment, markdown_table, median, save_record
 from faissclass.data import load_fashion_mnist
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
 def main() -> None:
@@ -109,7 +110,7 @@ def main() -> None:
         print()
         print(markdown_table(acc_rows, [(k, k) for k in acc_rows[0]]))
         shutil.rmtree(work, ignore_errors=True)
-    print(f"record: {save_record('bench_embed', record)}", file=sys.stderr)
+    print(f"record: {save_record('bench_embed', record, OUT_DIR)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import environment, markdown_table, median, reset_peak_rss, save_record, vm_bytes
 
 import faissclass as fc
+from faissclass.bench import (
+    environment,
+    markdown_table,
+    median,
+    reset_peak_rss,
+    save_record,
+    vm_bytes,
+)
+from faissclass.data import clustered
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
 
 HERE = Path(__file__).resolve()
 
@@ -38,22 +48,8 @@ HERE = Path(__file__).resolve()
 # --------------------------------------------------------------------------- child steps
 
 
-def clustered(n: int, nq: int, dim: int, clusters: int, noise: float, seed: int):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.empty((n + nq, dim), np.float32)
-    lab = rng.integers(0, clusters, n + nq)
-    for a in range(0, n + nq, 100_000):  # in blocks: bounded temporaries
-        b = min(a + 100_000, n + nq)
-        x = centres[lab[a:b]] + noise / np.sqrt(dim) * rng.standard_normal((b - a, dim),
-                                                                            dtype=np.float32)
-        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out[:n], lab[:n], out[n:]
-
-
 def step_data(a: argparse.Namespace) -> dict:
-    X, y, Q = clustered(a.n, a.nq, a.dim, a.clusters, a.noise, a.seed)
+    X, y, Q = clustered(a.n, a.dim, a.clusters, noise=a.noise, seed=a.seed, n_queries=a.nq)
     np.save(a.work / "X.npy", X)
     np.save(a.work / "Q.npy", Q)
     with fc.ShardWriter(a.work / "store", dim=a.dim, dtype="float32", fsync=False,
@@ -235,7 +231,7 @@ def main() -> None:
     if "store" not in a.skip:
         record["build_from_store"] = child(a, "build_store",
                                            spec=json.dumps({"kind": "ivf", "nlist": nl}))
-    path = save_record("bench_index", record)
+    path = save_record("bench_index", record, OUT_DIR)
 
     rk = f"recall@{a.k}"
     print(markdown_table(rows, [("index", "index"), ("params", "search params"),

@@ -26,17 +26,20 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from _common import (
+
+import faissclass as fc
+from faissclass.bench import (
     environment,
     markdown_table,
     median,
     reset_peak_rss,
     save_record,
+    settle,
     timed,
     vm_bytes,
 )
 
-import faissclass as fc
+OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
 def fsync_file(path: Path) -> None:
@@ -72,17 +75,9 @@ def store_write(root: Path, X: np.ndarray, y: np.ndarray, ids: np.ndarray, batch
 
 
 def settled_time(fn, nbytes: int) -> float:
-    """Time fn after flushing dirty pages (so one write's writeback is not billed to
-    the next) and after touching ``nbytes`` of fresh memory.
-
-    On a VM that returns idle guest memory to the host, the first touch of such
-    pages costs ~10x a normal page fault (measured here: 1.6 s vs 0.16 s for
-    1.5 GB), and which side of an A/B pair met it was luck. Touching and freeing
-    a buffer first makes the timed call reuse backed pages, on both sides alike.
-    """
-    os.sync()
-    buf = np.ones(nbytes // 8, dtype=np.float64)
-    del buf
+    """Time fn after :func:`faissclass.bench.settle` (dirty pages flushed, fresh memory
+    touched), so that neither side of an A/B pair pays the other's writeback."""
+    settle(nbytes)
     return timed(fn)
 
 
@@ -195,7 +190,7 @@ def main() -> None:
             print(f"{dtype}: done", file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    path = save_record("bench_store", record)
+    path = save_record("bench_store", record, OUT_DIR)
     cols = [("dtype", "dtype"), ("MB", "MB"),
             ("raw_write_MBps", "raw write MB/s"), ("store_write_MBps", "store write MB/s"),
             ("write_ratio", "write ×raw"),

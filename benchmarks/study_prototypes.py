@@ -16,14 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from _common import environment, markdown_table, save_record
 from sklearn.model_selection import train_test_split
 
 import faissclass as fc
+from faissclass.bench import environment, markdown_table, save_record
 from faissclass.data import load_fashion_mnist
 from faissclass.metrics import per_class_accuracy
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
 
 NAMES = {"centrality": "lowest centrality (seed study)", "central": "highest centrality",
          "random": "random"}
@@ -89,7 +92,7 @@ def main() -> None:
     report("kNN k=20 softmax, all references", len(X), pred, t)
 
     record = {"env": environment(), "args": vars(a), "results": rows}
-    path = save_record("study_prototypes", record)
+    path = save_record("study_prototypes", record, OUT_DIR)
     print(markdown_table(rows, [("method", "method"), ("references", "references"),
                                 ("top-1", "test top-1"), ("worst class", "worst class"),
                                 ("seconds", "s")]))

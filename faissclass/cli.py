@@ -6,9 +6,7 @@ Uses the public API only; prints results (the one place in faissclass that does)
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sklearn.model_selection import train_test_split
 
     import faissclass as fc
+    from faissclass.bench.evaluate import evaluate, write_results
     from faissclass.data import FASHION_MNIST_CLASSES, ArrayDataset, load_fashion_mnist
     from faissclass.embed import Embedder
 
@@ -47,96 +46,37 @@ def _demo(args: argparse.Namespace) -> int:
     train = fc.EmbeddingStore(out / "emb" / "train")
     test = fc.EmbeddingStore(out / "emb" / "test")
     embed_s = sum(s["seconds"] for s in stats.values())
-    rows_out = _evaluate(train, test, ["prototype", "knn"], ["flat", "ivf", "hnsw"], k=20,
-                         embed_s=embed_s)
+    rows_out = evaluate(train, test, ["prototype", "knn"], ["flat", "ivf", "hnsw"], k=20,
+                        embed_s=embed_s)
     head = (f"Fashion-MNIST, {args.model} ({embedder.weights}), {len(train)} train / "
             f"{len(test)} test images; embedded {int(sum(s['images'] for s in stats.values()))} "
             f"now, reused {int(sum(s['skipped'] for s in stats.values()))} from {out / 'emb'}")
-    _write_results(out, head, rows_out, {"model": args.model, "weights": embedder.weights,
-                                         "train": len(train), "test": len(test),
-                                         "embedding": stats})
+    md = write_results(out, head, rows_out, {"model": args.model, "weights": embedder.weights,
+                                             "train": len(train), "test": len(test),
+                                             "embedding": stats})
+    _print_results(md, out)
     return 0
 
 
-def _index_choices(n: int) -> dict[str, tuple[str, Any, Any]]:
-    import faissclass as fc
-
-    # FAISS: 4·√n cells, and at least 39 training points per cell.
-    nlist = max(4, 2 ** int(math.log2(max(4.0, min(4 * math.sqrt(n), n / 39)))))
-    return {
-        "flat": ("Flat", fc.IndexSpec(kind="flat"), None),
-        "ivf": (f"IVF{nlist},Flat nprobe=8", fc.IndexSpec(kind="ivf", nlist=nlist),
-                fc.SearchParams(nprobe=8)),
-        "hnsw": ("HNSW32 ef=64", fc.IndexSpec(kind="hnsw", M=32), fc.SearchParams(ef_search=64)),
-    }
+def _print_results(md: str, out: Path) -> None:
+    print(md)
+    print(f"written: {out / 'results.json'}, {out / 'results.md'}")
 
 
-def _evaluate(train: Any, test: Any, classifiers: list[str], kinds: list[str], *, k: int,
-              embed_s: float | None = None) -> list[dict[str, Any]]:
-    """Fit each classifier on each index kind from the train store; score the test store."""
-    import numpy as np
+def _effective_split(args: argparse.Namespace) -> str | None:
+    from faissclass.data import LAYOUTS
 
-    import faissclass as fc
-    from faissclass.metrics import topk_accuracy
-
-    Q, yq_codes, _ = test.load()
-    yq = np.asarray(test.classes)[yq_codes] if test.classes is not None else yq_codes
-    rows = []
-    choices = _index_choices(len(train))
-    for cname in classifiers:
-        for kind in (kinds if cname == "knn" else ["flat"]):  # prototypes: a handful of
-            index_name, spec, params = choices[kind]        # vectors, flat is exact & fastest
-            clf = (fc.KNNClassifier(k=k, index=spec, search_params=params) if cname == "knn"
-                   else fc.PrototypeClassifier(index=spec))
-            t = time.perf_counter()
-            clf.fit(train)
-            build_s = time.perf_counter() - t
-            t = time.perf_counter()
-            top5, _ = clf.predict_topk(Q, min(5, len(clf.classes_)))
-            search_s = time.perf_counter() - t
-            row = {"classifier": f"kNN k={k} softmax" if cname == "knn" else "prototype",
-                   "index": index_name}
-            if embed_s is not None:
-                row["embed_s"] = round(embed_s, 1)
-            row.update({"build_s": round(build_s, 3), "search_s": round(search_s, 3),
-                        "index_MB": round(clf.index_.memory_bytes / 2**20, 2),
-                        "top1": round(topk_accuracy(yq, top5, 1), 4),
-                        "top5": round(topk_accuracy(yq, top5), 4)})
-            rows.append(row)
-    return rows
-
-
-def _write_results(out: Path, head: str, rows: list[dict[str, Any]],
-                   extra: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({**extra, "results": rows}, indent=1))
-    cols = list(rows[0])
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    (out / "results.md").write_text(head + "\n\n" + "\n".join(md) + "\n")
-    print(head + "\n")
-    print("\n".join(md))
-    print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
+    splits = LAYOUTS[args.dataset].splits
+    return args.split if args.split is not None else (splits[0] if splits else None)
 
 
 def _dataset(args: argparse.Namespace) -> Any:
-    from faissclass import data
+    from faissclass.data import make_dataset
 
-    if args.dataset == "imagefolder":
-        return data.ImageFolder(args.root)
-    if args.dataset == "tiny-imagenet":
-        return data.TinyImageNet(args.root, args.split)
+    options = {}
     if args.dataset == "label-file":
-        if not args.label_file or not args.classes_from:
-            raise SystemExit("--dataset label-file needs --label-file and --classes-from "
-                             "(the train folder whose sub-folders name the classes)")
-        return data.LabelFileDataset(args.root, args.label_file,
-                                     data.ImageFolder(args.classes_from).classes)
-    images, labels = data.load_fashion_mnist(args.split, args.root or data.FASHION_MNIST_DIR)
-    ds = data.ArrayDataset(images, labels, paths=[f"fashion-mnist/{args.split}/{i}"
-                                                  for i in range(len(labels))],
-                           classes=data.FASHION_MNIST_CLASSES)
-    return ds
+        options = {"label_file": args.label_file, "classes_from": args.classes_from}
+    return make_dataset(args.dataset, args.root, args.split, **options)
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -147,7 +87,7 @@ def _embed(args: argparse.Namespace) -> int:
     emb = Embedder(args.model, checkpoint=args.checkpoint, device=args.device,
                    img_size=args.img_size, amp=args.amp)
     meta = {**emb.metadata(), "dataset": args.dataset,
-            "root": str(args.root), "split": args.split}
+            "root": str(args.root), "split": _effective_split(args)}
     with fc.ShardWriter(args.out, dim=emb.dim, dtype=args.dtype, classes=ds.classes,
                         normalized=True, metadata=meta) as w:
         st = emb.embed_dataset(ds, w, batch_size=args.batch_size, num_workers=args.workers,
@@ -178,9 +118,13 @@ def _eval(args: argparse.Namespace) -> int:
     import faissclass as fc
 
     train, test = fc.EmbeddingStore(args.train), fc.EmbeddingStore(args.test)
-    rows = _evaluate(train, test, args.classifiers, args.kinds, k=args.k)
-    _write_results(Path(args.out), f"{args.train} ({len(train)}) -> {args.test} ({len(test)})",
-                   rows, {"train": str(args.train), "test": str(args.test)})
+    from faissclass.bench.evaluate import evaluate, write_results
+
+    rows = evaluate(train, test, args.classifiers, args.kinds, k=args.k)
+    md = write_results(Path(args.out),
+                       f"{args.train} ({len(train)}) -> {args.test} ({len(test)})",
+                       rows, {"train": str(args.train), "test": str(args.test)})
+    _print_results(md, Path(args.out))
     return 0
 
 
@@ -252,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True,
                    choices=["imagefolder", "tiny-imagenet", "label-file", "fashion-mnist"])
     e.add_argument("--root", help="dataset root (fashion-mnist: the Debian package's folder)")
-    e.add_argument("--split", default="train", help="train | val | test (layout-dependent)")
+    e.add_argument("--split", default=None,
+                   help="train | val | test (layout-dependent; default: the layout's own, and "
+                        "for imagefolder the --root folder itself)")
     e.add_argument("--label-file", help="label-file datasets: '<file> <label>' per line")
     e.add_argument("--classes-from", help="label-file datasets: folder whose sub-folders "
                                           "name the classes (e.g. ImageNet's train)")

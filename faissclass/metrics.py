@@ -22,6 +22,7 @@ __all__ = [
     "least_accurate_classes",
     "mean_confidence_interval",
     "per_class_accuracy",
+    "recall_at_k",
     "repeated_splits",
     "topk_accuracy",
 ]
@@ -155,3 +156,23 @@ def repeated_splits(estimator: Any, X: Any, y: Any, n_splits: int = 5, test_size
         scores.append(float(scorer(est, X[te], y[te]) if scorer else est.score(X[te], y[te])))
     mean, half = mean_confidence_interval(scores, level)
     return {"scores": scores, "mean": mean, "ci": half, "level": level}
+
+
+def recall_at_k(result: Any, reference: Any, k: int | None = None) -> float:
+    """Mean over queries of |top-k of result ∩ top-k of reference| / k.
+
+    With k=1 this is the share of queries whose nearest neighbour is found.
+    Reference slots holding -1 (fewer than k vectors) are not counted.
+    """
+    R, G = np.asarray(result.ids), np.asarray(reference.ids)
+    if R.shape[0] != G.shape[0]:
+        raise ValueError(f"result has {R.shape[0]} queries, reference {G.shape[0]}")
+    k = min(R.shape[1], G.shape[1]) if k is None else int(k)
+    if k < 1 or k > G.shape[1] or k > R.shape[1]:
+        raise ValueError(f"k={k} must be in 1..{min(R.shape[1], G.shape[1])}")
+    R, G = R[:, :k], G[:, :k]
+    hits = (R[:, :, None] == G[:, None, :]) & (G[:, None, :] >= 0)
+    found = hits.any(axis=1).sum(axis=1)
+    denom = (G >= 0).sum(axis=1)
+    ok = denom > 0
+    return float(np.mean(found[ok] / denom[ok])) if ok.any() else 1.0

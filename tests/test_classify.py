@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _data import clustered
 from sklearn.base import clone
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
 import faissclass as fc
+from faissclass.data import clustered
 
 D = 32
 

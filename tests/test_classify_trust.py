@@ -8,13 +8,13 @@ import warnings
 
 import numpy as np
 import pytest
-from _data import clustered
 from conftest import write_store
 from scipy.special import softmax as scipy_softmax
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import faissclass as fc
+from faissclass.data import clustered
 
 D = 16
 

@@ -14,10 +14,10 @@ import warnings
 
 import numpy as np
 import pytest
-from _data import clustered
 from conftest import write_store
 
 import faissclass as fc
+from faissclass.data import clustered
 from faissclass.index import default_nprobe, faiss_reason
 
 faiss = pytest.importorskip("faiss")
@@ -254,7 +254,7 @@ def _edit_json(path, **changes):
     ({"dim": 32}, "dim 16"),
     ({"metric": "l2"}, "disagrees with the spec"),
     ({"spec": {"kind": "flat", "metric": "l2"}, "metric": "l2"}, "metric type"),
-    ({"spec": {"kind": "hnsw"}, "factory": "HNSW32"}, "no HNSW graph"),
+    ({"spec": {"kind": "hnsw"}, "factory": "HNSW32"}, "where the spec builds IndexHNSWFlat"),
     ({"ntotal": 5}, "300 vectors"),
     ({"next_id": 3}, "next_id=3 is not above the largest stored id 309"),
     ({"native_ids": True}, "native_ids"),

@@ -202,7 +202,7 @@ class PrototypeClassifier(BaseClassifier):
         C = len(self.classes_)
         spec = self.index_.spec
         P = self.prototypes_
-        if spec.kind == "flat" and self.index_.device == "cpu":
+        if spec.kind == "flat" and self.index_.on_cpu:
             # Exact flat search over every prototype is one GEMM; asking the index
             # for all of them would add a top-k selection and a scatter (4x slower).
             s = (q @ P.T).astype(np.float64)

@@ -13,13 +13,14 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
 from .._validation import StoreError, check_int, check_int_vector
+from ..source import Batch
 from ._manifest import (
     COPY_ROWS,
     DTYPES,
@@ -41,24 +42,6 @@ from ._manifest import (
 __all__ = ["Batch", "EmbeddingStore", "merge_stores"]
 
 _READ_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
-
-class Batch(NamedTuple):
-    """Rows read from a store.
-
-    Attributes
-    ----------
-    embeddings : numpy.ndarray, shape (n, dim), float32 unless another dtype was asked for
-    labels : numpy.ndarray, shape (n,), int64 (-1 = unlabelled)
-    ids : numpy.ndarray, shape (n,), int64
-    paths : list of str or None
-        Source paths, when the store has them.
-    """
-
-    embeddings: np.ndarray
-    labels: np.ndarray
-    ids: np.ndarray
-    paths: list[str] | None = None
 
 
 # --------------------------------------------------------------------------- reader

@@ -1,0 +1,104 @@
+"""Where this process stands in a distributed job (torchrun or SLURM), and small collectives.
+
+Rank, world size and local rank come from torch.distributed when it is
+initialised, else from the launcher's environment (torchrun's RANK / WORLD_SIZE /
+LOCAL_RANK, SLURM's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID), else a single
+process. torch is imported only by the collectives, and only when a process
+group exists; nothing here imports faiss.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from .devices import Device, parse_device
+
+__all__ = [
+    "barrier",
+    "device_for_rank",
+    "gather_objects",
+    "initialized",
+    "is_main",
+    "local_rank",
+    "rank",
+    "show_progress",
+    "world_size",
+]
+
+
+def initialized() -> bool:
+    """Whether a torch.distributed process group is up (without importing torch)."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        v = os.environ.get(name)
+        if v is not None and v.strip().lstrip("-").isdigit():
+            return int(v)
+    return default
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    if initialized():
+        return int(sys.modules["torch.distributed"].get_rank())
+    return _env_int("RANK", "SLURM_PROCID", default=0)
+
+
+def world_size() -> int:
+    """The number of processes (1 when not distributed)."""
+    if initialized():
+        return int(sys.modules["torch.distributed"].get_world_size())
+    return max(1, _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1))
+
+
+def local_rank() -> int:
+    """This process's rank on its node (picks its GPU)."""
+    return _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+
+
+def is_main() -> bool:
+    """Rank 0: the process that writes results and shows progress."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op without a process group)."""
+    if initialized():
+        sys.modules["torch.distributed"].barrier()
+
+
+def device_for_rank(device: str | Device) -> Device:
+    """The device this rank uses: ``cuda:<local rank>`` for a GPU device in a
+    distributed job (one GPU per process), else the device as given."""
+    d = parse_device(device)
+    if d.is_gpu and world_size() > 1:
+        return d.for_rank(local_rank())
+    return d
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's ``obj`` (picklable; numpy arrays included) on rank ``dst``, in rank
+    order; None on the other ranks. Without a process group: ``[obj]``."""
+    if not initialized():
+        return [obj]
+    dist = sys.modules["torch.distributed"]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw a progress bar: as asked, or by default only on a terminal and
+    only on rank 0 (no bars in log files, one bar per job)."""
+    if progress is not None:
+        return bool(progress)
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return tty and is_main()
