@@ -24,6 +24,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from ._validation import check_int
 from .data import ArrayDataset
+from .devices import parse_device
 from .store import EmbeddingStore, ShardWriter, merge_stores
 
 __all__ = ["ArrayDataset", "Embedder", "embed_distributed", "load_offline_efficientnet_lite"]
@@ -157,7 +158,7 @@ class Embedder:
                  interpolation: str | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, amp: str | None = None) -> None:
         self.model_name = model_name
-        self.device = torch.device(device)
+        self.device = parse_device(device).torch()
         if amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16'; got {amp!r}")
         self.amp = amp

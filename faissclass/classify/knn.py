@@ -40,8 +40,12 @@ class KNNClassifier(BaseClassifier):
         returns weights (n, k), as in sklearn.
     temperature : float
         Softmax temperature (DINO: 0.07).
-    index : IndexSpec, optional
-        Index over the fitted vectors (default: exact flat inner product).
+    index : IndexSpec or searcher, optional
+        Index over the fitted vectors (default: exact flat inner product). Or a
+        ready searcher — any object with ``dim`` and ``search(Q, k) ->
+        SearchResult`` (a built :class:`VectorIndex`, a sharded searcher) holding
+        the fitted vectors under their ids (a store's ids; row numbers for arrays):
+        ``fit`` then takes only the labels and uses it as is.
     search_params : SearchParams, optional
         nprobe / ef_search for approximate indexes (default: the index's own).
     device : str
@@ -73,9 +77,10 @@ class KNNClassifier(BaseClassifier):
         resolve_vote(self.weights)
         check_positive_float(self.temperature, "temperature")
         check_int(self.batch_size, "batch_size")
-        if self.index is not None and not isinstance(self.index, IndexSpec):
-            raise TypeError(f"index must be an IndexSpec or None; got "
-                            f"{type(self.index).__name__}")
+        if self.index is not None and not isinstance(self.index, IndexSpec) and not (
+                callable(getattr(self.index, "search", None)) and hasattr(self.index, "dim")):
+            raise TypeError(f"index must be an IndexSpec, a searcher (with dim and "
+                            f"search(Q, k)) or None; got {type(self.index).__name__}")
         if self.search_params is not None and not isinstance(self.search_params, SearchParams):
             raise TypeError(f"search_params must be a SearchParams or None; got "
                             f"{type(self.search_params).__name__}")
@@ -92,7 +97,9 @@ class KNNClassifier(BaseClassifier):
             Labels, required with arrays.
         """
         self._validate()
-        spec = self.index or IndexSpec(kind="flat")
+        searcher = None if self.index is None or isinstance(self.index, IndexSpec) else \
+            self.index
+        spec = self.index if isinstance(self.index, IndexSpec) else IndexSpec(kind="flat")
         if isinstance(X, EmbeddingStore):
             if y is not None:
                 raise ValueError("fit(store) takes its labels from the store; pass y=None")
@@ -120,19 +127,34 @@ class KNNClassifier(BaseClassifier):
             codes_by_label = np.full(int(labels.max()) + 1, -1, np.int64)
             codes_by_label[present] = np.arange(present.size)
             ids, codes = X.ids(), codes_by_label[labels]
-            index = VectorIndex.build(X, spec, device=self.device, progress=False)
+            index = searcher if searcher is not None else VectorIndex.build(
+                X, spec, device=self.device, progress=False)
         else:
             classes, codes = np.unique(check_labels(yy, n), return_inverse=True)
             codes = codes.reshape(-1).astype(np.int64)
             ids = np.arange(n, dtype=np.int64)
-            index = VectorIndex(x.shape[1], spec, device=self.device)
-            if not index.is_trained:
-                index.train(x)
-            index.add(x, ids)
+            if searcher is not None:
+                index = searcher
+            else:
+                index = VectorIndex(x.shape[1], spec, device=self.device)
+                if not index.is_trained:
+                    index.train(x)
+                index.add(x, ids)
+        if searcher is not None:
+            dim = int(searcher.dim)
+            if isinstance(X, EmbeddingStore) and dim != X.dim:
+                raise ValueError(f"the store holds vectors of dim {X.dim}, the index of dim "
+                                 f"{dim}")
+            if not isinstance(X, EmbeddingStore) and dim != x.shape[1]:
+                raise ValueError(f"X has {x.shape[1]} features, but the index holds vectors "
+                                 f"of dim {dim}")
+            if hasattr(searcher, "__len__") and len(searcher) != n:
+                raise ValueError(f"the index holds {len(searcher)} vectors, but {n} were "
+                                 "given to fit; it must hold exactly the fitted vectors")
         self.classes_ = classes
         self._set_labels(ids, codes)
         self.index_ = index
-        self.n_features_in_ = index.dim
+        self.n_features_in_ = int(index.dim)
         return self
 
     def _set_labels(self, ids: np.ndarray, codes: np.ndarray) -> None:
@@ -148,6 +170,9 @@ class KNNClassifier(BaseClassifier):
         fitted id) must not be in the classifier already.
         """
         self._check_fitted()
+        if not isinstance(self.index_, VectorIndex):
+            raise NotImplementedError(f"add() needs a VectorIndex underneath; this classifier "
+                                      f"searches a {type(self.index_).__name__}")
         x = self._queries(X)
         codes, new = self._encode(y, x.shape[0], grow=True)
         start = int(self._ids[-1]) + 1 if self._ids.size else 0
@@ -172,9 +197,16 @@ class KNNClassifier(BaseClassifier):
         k = check_int(k, "k")
         if k > self._ids.size:
             raise ValueError(f"k={k} is larger than the fitted set ({self._ids.size} vectors)")
-        res = self.index_.search(self._queries(X), k, self.search_params,
-                                 batch_size=self.batch_size)
+        q = self._queries(X)
+        if isinstance(self.index_, VectorIndex):
+            res = self.index_.search(q, k, self.search_params, batch_size=self.batch_size)
+        else:
+            res = self.index_.search(q, k)
         return res.distances, self._codes_of(res.ids), res.ids
+
+    @property
+    def _metric(self) -> str:
+        return str(getattr(self.index_, "metric", "ip"))
 
     def _codes_of(self, ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self._ids, ids)
@@ -191,8 +223,7 @@ class KNNClassifier(BaseClassifier):
         k = sims.shape[1] if k is None else int(k)
         s, c = sims[:, :k], codes[:, :k]
         valid = c >= 0
-        w = resolve_vote(self.weights)(s, valid, self.index_.metric,
-                                       float(self.temperature))
+        w = resolve_vote(self.weights)(s, valid, self._metric, float(self.temperature))
         n, C = c.shape[0], len(self.classes_)
         rows = np.broadcast_to(np.arange(n)[:, None], c.shape)
         flat = (rows * C + np.where(valid, c, 0))[valid]
@@ -257,6 +288,9 @@ class KNNClassifier(BaseClassifier):
         ``overwrite=True``); see :meth:`VectorIndex.save`.
         """
         self._check_fitted()
+        if not isinstance(self.index_, VectorIndex):
+            raise NotImplementedError(f"save() needs a VectorIndex underneath; this "
+                                      f"classifier searches a {type(self.index_).__name__}")
         if not isinstance(self.weights, str):
             raise ValueError("a classifier with a callable weights= cannot be saved (it is "
                              "code, not data); save it with a named vote")
