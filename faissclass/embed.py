@@ -25,6 +25,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 from ._validation import check_int
 from .data import ArrayDataset
 from .devices import parse_device
+from .distributed import show_progress
 from .store import EmbeddingStore, ShardWriter, merge_stores
 
 __all__ = ["ArrayDataset", "Embedder", "embed_distributed", "load_offline_efficientnet_lite"]
@@ -212,7 +213,7 @@ class Embedder:
         return f.cpu().numpy()
 
     def embed_dataset(self, dataset: Any, writer: ShardWriter, *, batch_size: int = 64,
-                      num_workers: int = 0, progress: bool = True,
+                      num_workers: int = 0, progress: bool | None = None,
                       on_error: str = "skip", n_views: int = 0,
                       view_seed: int = 0) -> dict[str, Any]:
         """Embed every item whose id is not yet in ``writer``; returns timing figures.
@@ -260,7 +261,7 @@ class Embedder:
         fixed: set[str] = set()
         t0 = time.perf_counter()
         done = 0
-        with tqdm(total=len(todo), unit="img", disable=not progress,
+        with tqdm(total=len(todo), unit="img", disable=not show_progress(progress),
                   desc=f"embedding with {self.model_name}") as bar:
             for batch in loader:
                 if batch["failed"]:
