@@ -18,7 +18,8 @@ from ._version import __version__ as __version__
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "._validation": ("FaissclassError", "FormatError", "IndexFileError", "StoreError"),
     ".source": ("ArraySource", "Batch", "VectorSource"),
-    ".store": ("EmbeddingStore", "ShardInfo", "ShardWriter", "merge_stores"),
+    ".store": ("EmbeddingStore", "IncompatibleStoresError", "ShardInfo", "ShardWriter",
+               "check_compatible", "merge_stores"),
     ".topk": ("SearchResult", "exact_search", "merge_topk"),
     ".devices": ("Device",),
     ".metrics": ("recall_at_k",),
@@ -49,7 +50,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from .index import IndexSpec, SearchParams, VectorIndex, suggest_spec, sweep, training_rows
     from .metrics import recall_at_k
     from .source import ArraySource, Batch, VectorSource
-    from .store import EmbeddingStore, ShardInfo, ShardWriter, merge_stores
+    from .store import (
+        EmbeddingStore,
+        IncompatibleStoresError,
+        ShardInfo,
+        ShardWriter,
+        check_compatible,
+        merge_stores,
+    )
     from .topk import SearchResult, exact_search, merge_topk
 
 

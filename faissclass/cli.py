@@ -6,6 +6,7 @@ Uses the public API only; prints results (the one place in faissclass that does)
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -167,6 +168,37 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_run(args: argparse.Namespace) -> int:
+    from faissclass.bench.config import load_config
+    from faissclass.bench.runner import run
+
+    overrides = list(args.set or [])
+    if args.records:
+        overrides.append(f"records={json.dumps(args.records)}")
+    if args.work_dir:
+        overrides.append(f"work_dir={json.dumps(args.work_dir)}")
+    if args.allow_mismatch:
+        overrides.append("allow_mismatch=true")
+    cfg = load_config(args.config, overrides)
+    summary = run(cfg)
+    from faissclass import distributed
+
+    if distributed.is_main():
+        print(f"{summary['ran']} cell(s) run, {summary['skipped']} already recorded; records: "
+              f"{summary['records']}")
+    return 0
+
+
+def _bench_report(args: argparse.Namespace) -> int:
+    from faissclass.bench.records import load_records
+    from faissclass.bench.report import render_report
+
+    out = render_report(load_records(args.records), args.out, plots=not args.no_plots)
+    print(out["tables"]["main"])
+    print(f"\nwritten: {out['markdown']}" + "".join(f", {p}" for p in out["plots"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="faissclass",
                                 description="Classification and similarity search on frozen "
@@ -256,6 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", help="local weights file, if the store's model needs one")
     r.add_argument("--device", default="cpu")
     r.set_defaults(func=_predict)
+    bench = sub.add_parser("bench", help="the benchmark suite: run cells, report records",
+                           description="Run a benchmark config (records appended to a "
+                                       "JSONL file; a rerun skips recorded cells) or render a "
+                                       "report from records.")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    br = bsub.add_parser("run", help="run a benchmark config",
+                         description="Embed (or generate) the data, build each index on each "
+                                     "device, and record time, memory and accuracy per cell.")
+    br.add_argument("config", nargs="?", help="TOML config (default: the built-in defaults)")
+    br.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set repeats=5 "
+                         "--set 'devices=[\"cpu\",\"cuda\"]' (repeatable)")
+    br.add_argument("--records", help="JSONL file of records (overrides the config)")
+    br.add_argument("--work-dir", help="stores and caches (overrides the config)")
+    br.add_argument("--allow-mismatch", action="store_true",
+                    help="run even if train and val stores were embedded differently")
+    br.set_defaults(func=_bench_run)
+    bp = bsub.add_parser("report", help="records -> Markdown tables and PNG plots",
+                         description="Render the study-style report from any JSONL records.")
+    bp.add_argument("records", nargs="+", help="JSONL record files")
+    bp.add_argument("--out", default="bench-report", help="output directory")
+    bp.add_argument("--no-plots", action="store_true", help="tables only")
+    bp.set_defaults(func=_bench_report)
     return p
 
 

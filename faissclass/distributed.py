@@ -17,6 +17,7 @@ from .devices import Device, parse_device
 
 __all__ = [
     "barrier",
+    "broadcast_object",
     "device_for_rank",
     "gather_objects",
     "initialized",
@@ -90,6 +91,15 @@ def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
     out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
     dist.gather_object(obj, out, dst=dst)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (picklable). Without a process group: ``obj``."""
+    if not initialized():
+        return obj
+    lst = [obj]
+    sys.modules["torch.distributed"].broadcast_object_list(lst, src=src)
+    return lst[0]
 
 
 def show_progress(progress: bool | None) -> bool:

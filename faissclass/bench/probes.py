@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["median", "reset_peak_rss", "settle", "synchronize", "timed", "vm_bytes"]
+__all__ = ["Phases", "gpu_used_bytes", "median", "reset_peak_rss", "settle", "synchronize",
+           "timed", "vm_bytes"]
 
 
 def synchronize() -> None:
@@ -66,3 +67,82 @@ def settle(nbytes: int) -> None:
     os.sync()
     buf = np.ones(max(1, nbytes // 8), dtype=np.float64)
     del buf
+
+
+def gpu_used_bytes() -> int | None:
+    """Bytes in use on the current GPU, as the driver sees them (FAISS's and torch's
+    allocations alike), or None without torch+CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return int(total - free)
+
+
+class Phases:
+    """Times and memory of a cell's phases.
+
+    ``with phases("val_search"):`` runs a phase: peak RSS is reset at its start
+    (so each phase reports its own peak), GPU work is synchronised before each
+    clock read, and repeated phases accumulate (``phases.add``) or are recorded
+    per repeat (``phases.repeat``), the median reported.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        return self.data.setdefault(name, {"all_seconds": [], "peak_rss_bytes": None,
+                                           "gpu_peak_bytes": None})
+
+    def begin(self, name: str) -> float:
+        self._entry(name)
+        reset_peak_rss()
+        synchronize()
+        return time.perf_counter()
+
+    def end(self, name: str, t0: float, *, accumulate: bool = False) -> float:
+        synchronize()
+        dt = time.perf_counter() - t0
+        e = self._entry(name)
+        if accumulate and e["all_seconds"]:
+            e["all_seconds"][-1] += dt
+        else:
+            e["all_seconds"].append(dt)
+        try:
+            rss = vm_bytes("VmHWM")
+            e["peak_rss_bytes"] = max(e["peak_rss_bytes"] or 0, rss)
+        except (OSError, KeyError):
+            pass
+        gpu = gpu_used_bytes()
+        if gpu is not None:
+            e["gpu_peak_bytes"] = max(e["gpu_peak_bytes"] or 0, gpu)
+        return dt
+
+    def __call__(self, name: str, *, accumulate: bool = False) -> Any:
+        phases = self
+
+        class _Ctx:
+            def __enter__(self) -> None:
+                self.t0 = phases.begin(name)
+
+            def __exit__(self, *exc: Any) -> None:
+                if exc[0] is None:
+                    phases.end(name, self.t0, accumulate=accumulate)
+
+        return _Ctx()
+
+    def summary(self, items: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+        """{phase: {seconds (median), all_seconds, peak_rss_bytes, gpu_peak_bytes,
+        items_per_s}}; ``items`` gives a phase's item count for a rate."""
+        out = {}
+        for name, e in self.data.items():
+            if not e["all_seconds"]:
+                continue
+            sec = median(e["all_seconds"])
+            n = (items or {}).get(name)
+            out[name] = {"seconds": sec, "all_seconds": e["all_seconds"],
+                         "peak_rss_bytes": e["peak_rss_bytes"],
+                         "gpu_peak_bytes": e["gpu_peak_bytes"],
+                         "items_per_s": (n / sec) if n and sec > 0 else None}
+        return out

@@ -19,7 +19,7 @@ from .._validation import (
 from ..index import IndexSpec, SearchParams, VectorIndex
 from ..store import EmbeddingStore
 from ._base import BaseClassifier, check_labels, load_array, meta_check
-from .votes import VOTES, resolve_vote
+from .votes import VOTES, class_scores, resolve_vote
 
 __all__ = ["KNNClassifier"]
 
@@ -220,14 +220,8 @@ class KNNClassifier(BaseClassifier):
         neighbours, s_best the query's best neighbour: DINO's vote divided by a
         per-query constant (the same ranking and probabilities), in [0, k].
         """
-        k = sims.shape[1] if k is None else int(k)
-        s, c = sims[:, :k], codes[:, :k]
-        valid = c >= 0
-        w = resolve_vote(self.weights)(s, valid, self._metric, float(self.temperature))
-        n, C = c.shape[0], len(self.classes_)
-        rows = np.broadcast_to(np.arange(n)[:, None], c.shape)
-        flat = (rows * C + np.where(valid, c, 0))[valid]
-        return np.bincount(flat, weights=w[valid], minlength=n * C).reshape(n, C)
+        return class_scores(sims, codes, len(self.classes_), weights=self.weights,
+                            metric=self._metric, temperature=float(self.temperature), k=k)
 
     def _scores(self, X: Any) -> np.ndarray:
         sims, codes, _ = self.kneighbors(X)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VOTES", "euclidean", "resolve_vote"]
+__all__ = ["VOTES", "class_scores", "euclidean", "resolve_vote"]
 
 Vote = Callable[[np.ndarray, np.ndarray, str, float], np.ndarray]
 
@@ -91,3 +91,21 @@ def resolve_vote(weights: Any) -> Vote:
             return w
         return user
     raise ValueError(f"weights must be one of {sorted(VOTES)} or a callable; got {weights!r}")
+
+
+def class_scores(dist: np.ndarray, codes: np.ndarray, n_classes: int, *, weights: Any,
+                 metric: str, temperature: float, k: int | None = None) -> np.ndarray:
+    """Class scores (n, n_classes) of the first ``k`` neighbours of a search.
+
+    ``dist`` (n, >=k) as the index returns them; ``codes`` (n, >=k) the neighbours'
+    class codes, -1 where there is none. Ties between classes are left to the
+    caller's ranking (score descending, class order ascending).
+    """
+    k = dist.shape[1] if k is None else int(k)
+    d, c = dist[:, :k], codes[:, :k]
+    valid = c >= 0
+    w = resolve_vote(weights)(d, valid, metric, float(temperature))
+    n = c.shape[0]
+    rows = np.broadcast_to(np.arange(n)[:, None], c.shape)
+    flat = (rows * n_classes + np.where(valid, c, 0))[valid]
+    return np.bincount(flat, weights=w[valid], minlength=n * n_classes).reshape(n, n_classes)

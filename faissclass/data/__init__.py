@@ -24,7 +24,7 @@ from .layouts import (
     make_dataset,
 )
 from .splits import load_splits, make_splits, save_splits
-from .synthetic import clustered
+from .synthetic import clustered, synthetic_batches, write_synthetic_store
 
 # Older private names, kept for code written against faissclass 0.1.
 _rgb = to_rgb
@@ -47,6 +47,8 @@ __all__ = [
     "make_splits",
     "read_idx",
     "save_splits",
+    "synthetic_batches",
     "to_rgb",
     "to_uint8",
+    "write_synthetic_store",
 ]

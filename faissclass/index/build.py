@@ -3,6 +3,7 @@ source, then its batches in order, in bounded memory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faiss
@@ -29,7 +30,8 @@ def training_rows(n: int, size: int, seed: int) -> np.ndarray:
 def build(source: VectorSource, spec: IndexSpec | None = None, *, device: str = "cpu",
           train_size: int | None = None, seed: int = 0, batch_size: int = 65_536,
           progress: bool | None = None, params: SearchParams | None = None,
-          fp16: bool = False) -> VectorIndex:
+          fp16: bool = False, on_phase: Callable[[str, bool], None] | None = None
+          ) -> VectorIndex:
     """Build an index from a source: train on a seeded sample drawn across all of it,
     then add it batch by batch with its ids.
 
@@ -50,6 +52,9 @@ def build(source: VectorSource, spec: IndexSpec | None = None, *, device: str = 
         Seed of the training sample (see :func:`training_rows`).
     progress : bool, optional
         A progress bar; default: on a terminal, on rank 0 only.
+    on_phase : callable (name, starting), optional
+        Called at the start (True) and end (False) of "index_train" and "index_add",
+        e.g. to time them apart.
     """
     if not isinstance(source, VectorSource):
         raise TypeError(f"source must be a VectorSource (an EmbeddingStore, an ArraySource, "
@@ -58,21 +63,30 @@ def build(source: VectorSource, spec: IndexSpec | None = None, *, device: str = 
     batch_size = check_int(batch_size, "batch_size")
     index = VectorIndex(source.dim, spec, device=device, params=params, fp16=fp16)
     n = len(source)
+
+    def phase(name: str, starting: bool) -> None:
+        if on_phase is not None:
+            on_phase(name, starting)
+
+    phase("index_train", True)
     if not index.is_trained:
         n_train = (check_int(train_size, "train_size") if train_size is not None
                    else min(n, 64 * (index._nlist or 1)))
         index.train(source.take(training_rows(n, n_train, seed)).embeddings)
+    phase("index_train", False)
+    phase("index_add", True)
     with tqdm(total=n, unit="vec", unit_scale=True, disable=not show_progress(progress),
               desc=f"adding to {index.spec.factory_string(index.dim)}") as bar:
         ivf = index._reservable_ivf()
         if ivf is not None:
             _add_ivf_reserved(index, ivf, source, batch_size, bar)
-            return index
-        batches = source.iter_batches(batch_size)
-        while (batch := next(batches, None)) is not None:
-            index.add(batch.embeddings, batch.ids, batch_size=batch_size)
-            bar.update(len(batch.ids))
-            del batch  # not alive while the next batch is read: one batch at a time
+        else:
+            batches = source.iter_batches(batch_size)
+            while (batch := next(batches, None)) is not None:
+                index.add(batch.embeddings, batch.ids, batch_size=batch_size)
+                bar.update(len(batch.ids))
+                del batch  # not alive while the next batch is read: one batch at a time
+    phase("index_add", False)
     return index
 
 

@@ -13,12 +13,15 @@ writer killed at any moment therefore leaves a store that opens and holds every
 completed shard; the shard in progress is lost and a resumed writer rewrites it.
 
 Files: ``_manifest`` (format, checks shared by reader and writer), ``_writer``
-(ShardWriter), ``_reader`` (EmbeddingStore, merge_stores). No faiss, no torch.
+(ShardWriter), ``_reader`` (EmbeddingStore, merge_stores), ``_compat`` (whether two
+stores can meet). No faiss, no torch.
 """
 
+from ._compat import IncompatibleStoresError, check_compatible, store_differences
 from ._manifest import DTYPES, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, ShardInfo, StoreError
 from ._reader import Batch, EmbeddingStore, merge_stores
 from ._writer import ShardWriter
 
 __all__ = ["DTYPES", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "Batch",
-           "EmbeddingStore", "ShardInfo", "ShardWriter", "StoreError", "merge_stores"]
+           "EmbeddingStore", "IncompatibleStoresError", "ShardInfo", "ShardWriter",
+           "StoreError", "check_compatible", "merge_stores", "store_differences"]

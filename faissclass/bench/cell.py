@@ -1,0 +1,314 @@
+"""One benchmark cell, measured in one process: an index on a device with its kNN
+classifier over every search setting, or the prototype classifier, or the linear
+probe. ``python -m faissclass.bench.cell SPEC.json OUT.json`` runs one in a fresh
+process (its peak memory is its own); the runner collects the records.
+
+Phases (see :class:`~faissclass.bench.probes.Phases`): ``index_train``,
+``index_add``, ``val_search`` (warm-up, then ``repeats`` timed searches, median),
+``vote`` (every k from the one search), ``train_search`` (leave-one-out: each
+train vector's k nearest *other* vectors, by id, in bounded batches; timed once),
+``fit`` / ``predict`` for prototypes and the linear probe.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..classify.votes import class_scores
+from ..metrics import recall_at_k
+from ..store import EmbeddingStore
+from .config import IndexConfig, RunConfig
+from .probes import Phases
+from .provenance import environment
+from .records import SCHEMA_VERSION, cell_key
+
+__all__ = ["run_cell"]
+
+_QUERY_BATCH = 16_384
+
+
+def _topk_correct(scores: np.ndarray, truth: np.ndarray, n: int) -> int:
+    """Rows whose true class is among the ``n`` best (score descending, class asc)."""
+    if scores.shape[1] <= n:
+        return int(truth.size)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    return int((order == truth[:, None]).any(axis=1).sum())
+
+
+class _Labels:
+    """Class code of each train id (ids sorted once; lookups by binary search)."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        ids, labels = store.ids(), store.labels()
+        order = np.argsort(ids, kind="stable")
+        self.ids, self.codes = ids[order], labels[order]
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.minimum(np.searchsorted(self.ids, ids), self.ids.size - 1)
+        return np.where((ids >= 0) & (self.ids[pos] == ids), self.codes[pos], -1)
+
+
+def _accuracy(correct: dict[int, dict[str, int]], total: int) -> dict[str, dict[str, float]]:
+    return {"top1": {str(k): c["top1"] / total for k, c in correct.items()},
+            "top5": {str(k): c["top5"] / total for k, c in correct.items()}}
+
+
+def _loo_batches(store: EmbeddingStore, fraction: float, seed: int, batch: int):
+    """(vectors, labels, ids) of the train queries: all rows, or a seeded stratified
+    fraction of them, in batches."""
+    if fraction >= 1:
+        for b in store.iter_batches(batch, progress=False):
+            yield b.embeddings, b.labels, b.ids
+        return
+    from ..data.splits import make_splits
+
+    rows = make_splits(store.labels(), {"q": fraction, "rest": 1 - fraction}, seed)["q"]
+    for a in range(0, rows.size, batch):
+        b = store.take(rows[a:a + batch])
+        yield b.embeddings, b.labels, b.ids
+
+
+def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
+            val: EmbeddingStore, reference_dir: Path | None) -> list[dict[str, Any]]:
+    """Records of one index on one device: one per search setting."""
+    from ..index import SearchParams, build
+
+    assert cfg.knn is not None
+    knn = cfg.knn
+    ks, kmax = knn.ks, max(knn.ks)
+    C = len(train.classes) if train.classes is not None else int(train.labels().max()) + 1
+    build_phases = Phases()
+    t0: dict[str, float] = {}
+
+    def hook(name: str, starting: bool) -> None:
+        if starting:
+            t0[name] = build_phases.begin(name)
+        else:
+            build_phases.end(name, t0.pop(name))
+
+    index = build(train, ix.index_spec(), device=device, fp16=ix.fp16, progress=False,
+                  on_phase=hook)
+    index_bytes = int(index.memory_bytes)
+    label_of = _Labels(train)
+    Q, yq, _ = val.load()
+    metric = index.metric
+    records = []
+    for params in ix.search:
+        sp = SearchParams(**params)
+        phases = Phases()
+        phases.data.update(json.loads(json.dumps(build_phases.data)))
+        for _ in range(cfg.warmup):
+            index.search(Q[: min(len(Q), 2048)], kmax, sp)
+        res = None
+        for _ in range(cfg.repeats):
+            with phases("val_search"):
+                res = index.search(Q, kmax, sp, batch_size=cfg.batch_size)
+        assert res is not None
+        codes = label_of(res.ids)
+        with phases("vote"):
+            val_correct = {}
+            for k in ks:
+                s = class_scores(res.distances, codes, C, weights=knn.weights, metric=metric,
+                                 temperature=knn.temperature, k=k)
+                val_correct[k] = {"top1": _topk_correct(s, yq, 1),
+                                  "top5": _topk_correct(s, yq, 5)}
+        accuracy: dict[str, Any] = {"val": _accuracy(val_correct, len(yq))}
+        recall = _val_recall(res, ix, device, reference_dir, kmax)
+        if ix.train_search:
+            accuracy["train"], n_queries = _loo(index, sp, train, label_of, ix, knn, C, kmax,
+                                                metric, phases, cfg)
+        else:
+            n_queries = 0
+        records.append({
+            "cell": {"classifier": "knn", "index": ix.name,
+                     "factory": index.spec.factory_string(index.dim), "params": params},
+            "phases": phases.summary({"val_search": len(Q), "train_search": n_queries,
+                                      "index_add": len(train)}),
+            "index_bytes": index_bytes, "accuracy": accuracy, "recall": recall,
+            "knn": {"ks": list(ks), "weights": knn.weights, "temperature": knn.temperature},
+        })
+    return records
+
+
+def _val_recall(res: Any, ix: IndexConfig, device: str, reference_dir: Path | None,
+                kmax: int) -> dict[str, Any]:
+    """Recall against exact search: the flat cell saves its ids as the reference."""
+    from ..topk import SearchResult
+
+    if reference_dir is None:
+        return {}
+    ref = reference_dir / f"val-k{kmax}.npy"
+    exact = ix.index_spec().kind == "flat" and ix.index_spec().metric == "ip"
+    if exact and not ref.exists():
+        reference_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_suffix(f".{time.time_ns()}.tmp.npy")
+        np.save(tmp, res.ids)
+        tmp.replace(ref)
+    if not ref.exists():
+        return {"note": "no flat index in this run to measure recall against"}
+    ids = np.load(ref)
+    if ids.shape != res.ids.shape:
+        return {"note": f"reference {ref} has another shape"}
+    zero = np.zeros(ids.shape, np.float32)
+    r = SearchResult(zero, res.ids)
+    g = SearchResult(zero, ids)
+    return {"reference": "flat (exact)", "recall@1": recall_at_k(r, g, 1),
+            f"recall@{kmax}": recall_at_k(r, g, kmax)}
+
+
+def _loo(index: Any, sp: Any, train: EmbeddingStore, label_of: _Labels, ix: IndexConfig,
+         knn: Any, C: int, kmax: int, metric: str, phases: Phases, cfg: RunConfig
+         ) -> tuple[dict[str, Any], int]:
+    """Leave-one-out accuracy on the train vectors (or a fraction of them): each query's
+    kmax nearest other than itself, by id, searched and voted in bounded batches."""
+    correct = {k: {"top1": 0, "top5": 0} for k in knn.ks}
+    total = 0
+    first = True
+    for x, y, qids in _loo_batches(train, ix.train_fraction, cfg.dataset.seed, _QUERY_BATCH):
+        t = phases.begin("train_search") if first else time.perf_counter()
+        res = index.search(x, kmax + 1, sp, batch_size=cfg.batch_size)
+        if first:
+            phases.end("train_search", t)
+        else:
+            phases.data["train_search"]["all_seconds"][-1] += time.perf_counter() - t
+        own = res.ids == qids[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), kmax)  # else the farthest
+        keep = np.ones(own.shape, bool)
+        keep[np.arange(len(qids)), drop] = False
+        d = res.distances[keep].reshape(len(qids), kmax)
+        c = label_of(res.ids[keep].reshape(len(qids), kmax))
+        for k in knn.ks:
+            s = class_scores(d, c, C, weights=knn.weights, metric=metric,
+                             temperature=knn.temperature, k=k)
+            correct[k]["top1"] += _topk_correct(s, y, 1)
+            correct[k]["top5"] += _topk_correct(s, y, 5)
+        total += len(qids)
+        first = False
+    return {**_accuracy(correct, total), "queries": total,
+            "fraction": ix.train_fraction}, total
+
+
+def run_prototype(cfg: RunConfig, device: str, train: EmbeddingStore, val: EmbeddingStore
+                  ) -> list[dict[str, Any]]:
+    from ..classify import PrototypeClassifier
+
+    phases = Phases()
+    with phases("fit"):
+        clf = PrototypeClassifier(device=device).fit(train)
+    Q, yq, _ = val.load()
+    for _ in range(cfg.warmup):
+        clf._scores(Q[:2048])
+    s = None
+    for _ in range(cfg.repeats):
+        with phases("val_search"):
+            s = clf._scores(Q)
+    assert s is not None
+    pos = {c: i for i, c in enumerate(clf.classes_.tolist())}
+    names = train.classes
+    to_code = (np.asarray([pos.get(n, -1) for n in names]) if names is not None else None)
+    yv = to_code[yq] if to_code is not None else np.searchsorted(clf.classes_, yq)
+    accuracy = {"val": {"top1": {"-": _topk_correct(s, yv, 1) / len(yv)},
+                        "top5": {"-": _topk_correct(s, yv, 5) / len(yv)}}}
+    c1 = c5 = n = 0
+    t = phases.begin("train_search")
+    for b in train.iter_batches(_QUERY_BATCH, progress=False):
+        st = clf._scores(b.embeddings)
+        yt = to_code[b.labels] if to_code is not None else np.searchsorted(clf.classes_,
+                                                                           b.labels)
+        c1 += _topk_correct(st, yt, 1)
+        c5 += _topk_correct(st, yt, 5)
+        n += len(yt)
+    phases.end("train_search", t)
+    accuracy["train"] = {"top1": {"-": c1 / n}, "top5": {"-": c5 / n}, "queries": n}
+    return [{"cell": {"classifier": "prototype", "index": None, "factory": None, "params": {}},
+             "phases": phases.summary({"val_search": len(Q), "train_search": n}),
+             "index_bytes": int(clf.index_.memory_bytes), "accuracy": accuracy,
+             "recall": {}}]
+
+
+def run_linear(cfg: RunConfig, device: str, train: EmbeddingStore, val: EmbeddingStore
+               ) -> list[dict[str, Any]]:
+    from .linear import LinearProbe
+
+    assert cfg.linear is not None
+    phases = Phases()
+    X, y, _ = train.load()
+    Q, yq, _ = val.load()
+    C = len(train.classes) if train.classes is not None else int(y.max()) + 1
+    with phases("fit"):
+        probe = LinearProbe(cfg.linear, device=device).fit(X, y, C)
+    s = None
+    for _ in range(cfg.repeats):
+        with phases("val_search"):
+            s = probe.scores(Q)
+    with phases("train_search"):
+        st = probe.scores(X)
+    accuracy = {"val": {"top1": {"-": _topk_correct(s, yq, 1) / len(yq)},
+                        "top5": {"-": _topk_correct(s, yq, 5) / len(yq)}},
+                "train": {"top1": {"-": _topk_correct(st, y, 1) / len(y)},
+                          "top5": {"-": _topk_correct(st, y, 5) / len(y)}}}
+    return [{"cell": {"classifier": "linear", "index": None, "factory": None, "params": {}},
+             "phases": phases.summary({"val_search": len(Q), "train_search": len(y)}),
+             "index_bytes": int(probe.bytes), "accuracy": accuracy, "recall": {},
+             "linear": {**json.loads(json.dumps(cfg.linear.__dict__)),
+                        "final_loss": probe.final_loss}}]
+
+
+def run_cell(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run the cell described by ``spec`` and return its finished records.
+
+    ``spec``: {"config": RunConfig dict, "kind": "knn" | "prototype" | "linear",
+    "device", "index" (an IndexConfig name, for knn), "train", "val" (store paths),
+    "reference_dir", "dataset" (label), "world_size", "fresh_process"}.
+    """
+    cfg = RunConfig.from_dict(spec["config"])
+    train, val = EmbeddingStore(spec["train"]), EmbeddingStore(spec["val"])
+    device = spec["device"]
+    if spec["kind"] == "knn":
+        ix = next(i for i in cfg.indexes if i.name == spec["index"])
+        ref = Path(spec["reference_dir"]) if spec.get("reference_dir") else None
+        parts = run_knn(cfg, ix, device, train, val, ref)
+    elif spec["kind"] == "prototype":
+        parts = run_prototype(cfg, device, train, val)
+    elif spec["kind"] == "linear":
+        parts = run_linear(cfg, device, train, val)
+    else:
+        raise ValueError(f"unknown cell kind {spec['kind']!r}")
+    env = environment()
+    out = []
+    for p in parts:
+        cell = {"dataset": spec["dataset"], "device": device, **p.pop("cell")}
+        rec = {"schema": SCHEMA_VERSION, "run": cfg.name, "cell": cell,
+               "key": cell_key(cell, spec["shaping"]), **p,
+               "sizes": {"n_train": len(train), "n_val": len(val), "dim": train.dim,
+                         "classes": len(train.classes or [])},
+               "provenance": env, "config": spec["config"],
+               "world_size": int(spec.get("world_size", 1)),
+               "fresh_process": bool(spec.get("fresh_process", False))}
+        out.append(rec)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m faissclass.bench.cell SPEC.json OUT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(args[0]).read_text())
+    spec["fresh_process"] = True
+    records = run_cell(spec)
+    out = Path(args[1])
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records))
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The linear-probe baseline: softmax regression on frozen embeddings, trained with
+torch (Adam, mini-batches) on the cell's device — a trained head to set beside
+kNN and prototypes in one table. Without torch, scikit-learn's LogisticRegression
+(small sets only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .config import LinearConfig
+
+__all__ = ["LinearProbe"]
+
+_SKLEARN_MAX_ROWS = 200_000
+
+
+class LinearProbe:
+    """``fit(X, y, n_classes)`` then ``scores(Q)`` (n, n_classes) logits."""
+
+    def __init__(self, cfg: LinearConfig, *, device: str = "cpu") -> None:
+        self.cfg, self.device = cfg, device
+        self.final_loss: float | None = None
+        self.bytes = 0
+
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> LinearProbe:
+        try:
+            import torch
+        except ImportError:
+            return self._fit_sklearn(X, y)
+        from ..devices import parse_device
+
+        dev = parse_device(self.device).torch()
+        g = torch.Generator().manual_seed(int(self.cfg.seed))
+        model = torch.nn.Linear(X.shape[1], n_classes).to(dev)
+        with torch.no_grad():  # seeded initialisation, the same on every device
+            w = torch.empty(n_classes, X.shape[1]).uniform_(-1, 1, generator=g)
+            model.weight.copy_(w / np.sqrt(X.shape[1]))
+            model.bias.zero_()
+        opt = torch.optim.Adam(model.parameters(), lr=self.cfg.lr,
+                               weight_decay=self.cfg.weight_decay)
+        # Standardised inputs (the train set's mean and std per dimension, as DINO's
+        # linear evaluation does with a BatchNorm): unit-norm embeddings give logits
+        # too small for Adam to fit in a few epochs otherwise.
+        self._mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self._std = np.maximum(X.std(axis=0, dtype=np.float64), 1e-6).astype(np.float32)
+        Xt = torch.from_numpy(np.ascontiguousarray((X - self._mean) / self._std,
+                                                   np.float32)).to(dev)
+        yt = torch.from_numpy(np.asarray(y, np.int64)).to(dev)
+        n, bs = len(yt), int(self.cfg.batch_size)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        loss = torch.zeros(())
+        for _ in range(int(self.cfg.epochs)):
+            order = torch.randperm(n, generator=g).to(dev)
+            for a in range(0, n, bs):
+                idx = order[a:a + bs]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(Xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+        self.final_loss = float(loss.detach().cpu())
+        self._model, self._torch, self._dev = model, torch, dev
+        self.bytes = int(sum(p.numel() * p.element_size() for p in model.parameters()))
+        return self
+
+    def _fit_sklearn(self, X: np.ndarray, y: np.ndarray) -> LinearProbe:
+        if len(y) > _SKLEARN_MAX_ROWS:
+            raise RuntimeError(f"the linear probe needs torch for {len(y)} rows (scikit-"
+                               "learn's LogisticRegression would take hours); pip install "
+                               "'faissclass[embed]'")
+        from sklearn.linear_model import LogisticRegression
+
+        self._sk = LogisticRegression(max_iter=int(self.cfg.epochs) * 10,
+                                      C=1.0 / max(self.cfg.weight_decay, 1e-8))
+        self._sk.fit(X, y)
+        self.bytes = int(self._sk.coef_.nbytes + self._sk.intercept_.nbytes)
+        return self
+
+    def scores(self, Q: np.ndarray) -> np.ndarray:
+        if hasattr(self, "_sk"):
+            out = np.full((len(Q), int(self._sk.classes_.max()) + 1), -np.inf)
+            out[:, self._sk.classes_] = self._sk.decision_function(Q)
+            return out
+        torch: Any = self._torch
+        outs = []
+        with torch.inference_mode():
+            for a in range(0, len(Q), 65_536):
+                q = torch.from_numpy(np.ascontiguousarray(
+                    (Q[a:a + 65_536] - self._mean) / self._std, np.float32))
+                outs.append(self._model(q.to(self._dev)).float().cpu().numpy())
+        return np.concatenate(outs) if outs else np.empty((0, 0))
