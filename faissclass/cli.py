@@ -180,8 +180,10 @@ def _bench_run(args: argparse.Namespace) -> int:
     if args.allow_mismatch:
         overrides.append("allow_mismatch=true")
     cfg = load_config(args.config, overrides)
-    summary = run(cfg)
     from faissclass import distributed
+
+    distributed.init_from_env()  # under torchrun / srun: join the job's process group
+    summary = run(cfg)
 
     if distributed.is_main():
         print(f"{summary['ran']} cell(s) run, {summary['skipped']} already recorded; records: "

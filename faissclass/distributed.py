@@ -20,6 +20,7 @@ __all__ = [
     "broadcast_object",
     "device_for_rank",
     "gather_objects",
+    "init_from_env",
     "initialized",
     "is_main",
     "local_rank",
@@ -100,6 +101,33 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     lst = [obj]
     sys.modules["torch.distributed"].broadcast_object_list(lst, src=src)
     return lst[0]
+
+
+def init_from_env(backend: str | None = None, *, timeout_s: float = 600.0) -> bool:
+    """Join the process group a launcher (torchrun, srun) describes in the environment,
+    if it describes one (WORLD_SIZE > 1) and none is up yet. Returns whether this
+    process is part of a group now.
+
+    The backend is NCCL when CUDA is available, else gloo; ``timeout_s`` bounds every
+    collective (a dead rank is an error after it, never a silent hang).
+    """
+    if initialized():
+        return True
+    if _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1) <= 1:
+        return False
+    import datetime
+
+    import torch
+    import torch.distributed as tdist
+
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # srun without torchrun
+        os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
+        os.environ.setdefault("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))
+        os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return True
 
 
 def show_progress(progress: bool | None) -> bool:

@@ -1,0 +1,259 @@
+"""The benchmark suite (issue 10): config, records, cells, resume, report, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import faissclass as fc
+from faissclass.bench.config import RunConfig, load_config
+from faissclass.bench.records import (
+    SCHEMA,
+    append_record,
+    done_keys,
+    load_records,
+    validate_record,
+)
+from faissclass.bench.report import render_report
+from faissclass.bench.runner import run
+
+pytest.importorskip("faiss")
+
+SMALL = """
+name = "t"
+repeats = 2
+[dataset]
+layout = "synthetic"
+n_train = 3000
+n_val = 400
+dim = 24
+classes = 12
+noise = 2.5
+seed = 3
+[[indexes]]
+name = "flat"
+[[indexes]]
+name = "ivf"
+spec = {{ kind = "ivf", nlist = 16 }}
+search = [{{ nprobe = 1 }}, {{ nprobe = 16 }}]
+[[indexes]]
+name = "hnsw"
+spec = {{ kind = "hnsw", M = 16 }}
+[[indexes]]
+name = "sq8"
+spec = {{ factory = "IVF16,SQ8" }}
+[knn]
+ks = [1, 5, 20]
+[linear]
+epochs = 10
+"""
+
+
+def small_config(tmp_path: Path, **over) -> RunConfig:
+    p = tmp_path / "cfg.toml"
+    p.write_text(SMALL.format())
+    sets = [f"records={json.dumps(str(tmp_path / 'runs.jsonl'))}",
+            f"work_dir={json.dumps(str(tmp_path / 'work'))}"]
+    sets += [f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}"
+             for k, v in over.items()]
+    return load_config(p, sets)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_from_toml_and_overrides(tmp_path):
+    cfg = small_config(tmp_path, repeats=5, fresh_process=False)
+    assert cfg.repeats == 5 and not cfg.fresh_process
+    assert [ix.name for ix in cfg.indexes] == ["flat", "ivf", "hnsw", "sq8"]
+    assert cfg.indexes[1].search == ({"nprobe": 1}, {"nprobe": 16})
+    assert cfg.knn.ks == (1, 5, 20) and cfg.linear.epochs == 10
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg  # saved into records, round trip
+    cfg2 = load_config(None, ['devices=["cpu"]', "dataset.dim=8", "knn=false"])
+    assert cfg2.dataset.dim == 8 and cfg2.knn is None
+
+
+@pytest.mark.parametrize(("sets", "match"), [
+    (["bogus=1"], r"unknown key\(s\) \['bogus'\]"),
+    (["dataset.colour=1"], r"dataset: unknown key\(s\) \['colour'\]"),
+    (["dataset.layout=\"coco\""], "dataset.layout must be one of"),
+    (["dataset.fraction=0"], r"fraction must be in \(0, 1\]"),
+    (["repeats=0"], "repeats must be a positive int"),
+    (['devices=["tpu"]'], "device must be"),
+    (['indexes=[{name="a", spec={kind="lsh"}}]'], "kind must be one of"),
+    (['indexes=[{name="a", search=[{nprobe=0}]}]'], "nprobe must be a positive int"),
+    (['indexes=[{name="a"}, {name="a"}]'], "index names must be unique"),
+    (["knn.ks=[0]"], "knn.ks must be a positive int"),
+    (["model.dtype=\"float64\""], "model.dtype must be one of"),
+])
+def test_bad_configs_fail_loudly(sets, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, sets)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _record(**over):
+    rec = {"schema": "faissclass.bench/1", "key": "k", "run": "r",
+           "cell": {"dataset": "d", "device": "cpu", "classifier": "knn", "index": "flat",
+                    "params": {}},
+           "phases": {"val_search": {"seconds": 0.5, "all_seconds": [0.5],
+                                     "peak_rss_bytes": 1, "gpu_peak_bytes": None,
+                                     "items_per_s": 2.0}},
+           "accuracy": {"val": {"top1": {"20": 0.5}}}, "sizes": {"n_train": 1, "n_val": 1,
+                                                                  "dim": 1},
+           "provenance": {"faissclass": "0", "cpu": "x", "hostname": "h"}, "config": {}}
+    rec.update(over)
+    return rec
+
+
+def test_records_validate_append_atomically_and_resume(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_record(path, _record(key="a"))
+    append_record(path, _record(key="b"))
+    assert done_keys(path) == {"a", "b"}
+    with open(path, "ab") as f:
+        f.write(b'{"schema": "faissclass.bench/1", "key": "c", "cut off')  # killed mid-write
+    assert [r["key"] for r in load_records([path])] == ["a", "b"]
+    for bad, match in [(_record(schema="x/2"), "schema"),
+                       (_record(cell={"dataset": "d"}), "missing 'device'"),
+                       (_record(phases={"vote": {"seconds": "fast"}}), "expected number"),
+                       (_record(accuracy=[]), "expected object")]:
+        with pytest.raises(ValueError, match=match):
+            append_record(path, bad)
+    assert len(load_records([path])) == 2
+    assert SCHEMA["properties"]["schema"]["enum"] == ["faissclass.bench/1"]
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def loo_top1_reference(X, y, k, T=0.07):
+    """Leave-one-out kNN top-1 in plain numpy: each vector's k nearest others."""
+    S = X.astype(np.float64) @ X.astype(np.float64).T
+    np.fill_diagonal(S, -np.inf)
+    nn = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(S, nn, 1)
+    w = np.exp((s - s[:, :1]) / T)
+    C = int(y.max()) + 1
+    scores = np.zeros((len(X), C))
+    np.add.at(scores, (np.repeat(np.arange(len(X)), k), y[nn].ravel()), w.ravel())
+    return float(np.mean(scores.argmax(1) == y))
+
+
+def test_the_suite_records_every_cell_resumes_and_reports(tmp_path):
+    cfg = small_config(tmp_path, fresh_process=False)
+    out = run(cfg)
+    assert (out["ran"], out["skipped"]) == (6, 0)  # 4 indexes (kNN), prototypes, linear
+    recs = load_records([cfg.records])
+    for r in recs:
+        validate_record(r)
+    knn = [r for r in recs if r["cell"]["classifier"] == "knn"]
+    assert len(knn) == 5  # flat, ivf x2 settings, hnsw, sq8
+    for r in knn:
+        assert set(r["phases"]) >= {"index_train", "index_add", "val_search", "vote",
+                                    "train_search"}
+        assert len(r["phases"]["val_search"]["all_seconds"]) == 2
+        assert r["phases"]["val_search"]["peak_rss_bytes"] > 0
+        assert r["index_bytes"] > 0 and r["provenance"]["cpu"]
+        assert r["config"]["name"] == "t"
+    flat = next(r for r in knn if r["cell"]["index"] == "flat")
+    assert flat["recall"]["recall@20"] == 1.0
+    ivf1 = next(r for r in knn if r["cell"]["params"] == {"nprobe": 1})
+    ivf16 = next(r for r in knn if r["cell"]["params"] == {"nprobe": 16})
+    assert ivf16["recall"]["recall@20"] == pytest.approx(1.0)  # every list: exact
+    assert ivf1["recall"]["recall@20"] < ivf16["recall"]["recall@20"]
+    # Leave-one-out top-1 equals a plain numpy computation that excludes each vector.
+    X, y, _ = fc.EmbeddingStore(out["train"]).load()
+    for k in (1, 5, 20):
+        assert flat["accuracy"]["train"]["top1"][str(k)] == pytest.approx(
+            loo_top1_reference(X, y, k), abs=1e-9)
+    # Val accuracy equals the library's KNNClassifier on the same stores.
+    Q, yq, _ = fc.EmbeddingStore(out["val"]).load()
+    ref = fc.KNNClassifier(k=20).fit(X, y)
+    assert flat["accuracy"]["val"]["top1"]["20"] == pytest.approx(ref.score(Q, yq))
+    proto = next(r for r in recs if r["cell"]["classifier"] == "prototype")
+    assert proto["accuracy"]["val"]["top1"]["-"] == pytest.approx(
+        fc.PrototypeClassifier().fit(X, y).score(Q, yq))
+    lin = next(r for r in recs if r["cell"]["classifier"] == "linear")
+    assert lin["accuracy"]["val"]["top1"]["-"] > 0.5  # a trained head, far above chance
+    # A second run skips every recorded cell.
+    again = run(cfg)
+    assert (again["ran"], again["skipped"]) == (0, 6)
+    assert len(load_records([cfg.records])) == len(recs)
+    # The report: Markdown in the study's layout and PNG plots.
+    rep = render_report(recs, tmp_path / "report")
+    md = rep["markdown"].read_text()
+    assert "| dataset | device | method | embed s | build s | train search s |" in md
+    assert "kNN k=20 · IVF16,Flat (nprobe=1)" in md and "linear probe" in md
+    assert {p.name for p in rep["plots"]} == {"time_per_phase.png", "top1_vs_k.png",
+                                             "recall_vs_qps.png"}
+    assert all(p.stat().st_size > 5000 for p in rep["plots"])
+
+
+def test_a_changed_config_makes_new_cells(tmp_path):
+    cfg = small_config(tmp_path, fresh_process=False)
+    cfg = load_config(tmp_path / "cfg.toml", [f"records={json.dumps(cfg.records)}",
+                                              f"work_dir={json.dumps(cfg.work_dir)}",
+                                              "indexes=[{name=\"flat\"}]", "linear=false",
+                                              "prototype=false"])
+    assert run(cfg)["ran"] == 1
+    more = load_config(tmp_path / "cfg.toml", [f"records={json.dumps(cfg.records)}",
+                                               f"work_dir={json.dumps(cfg.work_dir)}",
+                                               "indexes=[{name=\"flat\"}]", "linear=false",
+                                               "prototype=false", "knn.ks=[3]"])
+    assert run(more)["ran"] == 1  # other ks: another cell, not a skip
+
+
+def test_cells_run_in_fresh_processes(tmp_path):
+    cfg = load_config(None, [f"records={json.dumps(str(tmp_path / 'r.jsonl'))}",
+                             f"work_dir={json.dumps(str(tmp_path / 'w'))}",
+                             "dataset.n_train=2000", "dataset.n_val=200", "dataset.dim=16",
+                             "dataset.classes=5", "repeats=1", "linear=false"])
+    assert run(cfg)["ran"] == 2
+    recs = load_records([cfg.records])
+    assert all(r["fresh_process"] for r in recs)
+
+
+def test_mismatched_stores_are_refused(tmp_path, rng):
+    from faissclass.store import IncompatibleStoresError
+
+    X = rng.standard_normal((200, 8)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = rng.integers(0, 3, 200)
+    for name, model in (("a", "resnet50"), ("b", "vit_small_patch16_224")):
+        with fc.ShardWriter(tmp_path / name, dim=8, normalized=True, classes=list("xyz"),
+                            metadata={"model": model}, fsync=False) as w:
+            w.append(X, y)
+    sets = ["dataset.layout=\"stores\"", f"dataset.train_store={json.dumps(str(tmp_path / 'a'))}",
+            f"dataset.val_store={json.dumps(str(tmp_path / 'b'))}",
+            f"records={json.dumps(str(tmp_path / 'r.jsonl'))}",
+            f"work_dir={json.dumps(str(tmp_path / 'w'))}", "fresh_process=false",
+            "linear=false", "repeats=1"]
+    with pytest.raises(IncompatibleStoresError, match="model 'resnet50' vs "
+                                                      "'vit_small_patch16_224'"):
+        run(load_config(None, sets))
+    assert not (tmp_path / "r.jsonl").exists()
+    assert run(load_config(None, [*sets, "allow_mismatch=true"]))["ran"] == 2
+
+
+def test_the_command_line_runs_and_reports(tmp_path):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(SMALL.format())
+    base = [sys.executable, "-m", "faissclass.cli"]
+    r = subprocess.run([*base, "bench", "run", str(cfg), "--records", str(tmp_path / "r.jsonl"),
+                        "--work-dir", str(tmp_path / "w"), "--set", "fresh_process=false",
+                        "--set", 'indexes=[{name="flat"}]', "--set", "linear=false"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "2 cell(s) run, 0 already recorded" in r.stdout
+    r = subprocess.run([*base, "bench", "report", str(tmp_path / "r.jsonl"), "--out",
+                        str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rep" / "report.md").exists()
