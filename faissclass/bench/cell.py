@@ -125,7 +125,11 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
                                                 metric, phases, cfg)
         else:
             n_queries = 0
+        extra = {}
+        if ix.index_spec().kind == "flat" and index.on_cpu:
+            extra["gemm_ceiling"] = _gemm_ceiling(Q, train, phases, kmax)
         records.append({
+            **extra,
             "cell": {"classifier": "knn", "index": ix.name,
                      "factory": index.spec.factory_string(index.dim), "params": params},
             "phases": phases.summary({"val_search": len(Q), "train_search": n_queries,
@@ -134,6 +138,27 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
             "knn": {"ks": list(ks), "weights": knn.weights, "temperature": knn.temperature},
         })
     return records
+
+
+def _gemm_ceiling(Q: np.ndarray, train: EmbeddingStore, phases: Phases, kmax: int
+                  ) -> dict[str, float]:
+    """The flat search's speed against the machine's float32 GEMM of the same shape,
+    measured in this process: how close exact search runs to what BLAS can do."""
+    n, d = len(train), train.dim
+    block = train.take(np.arange(min(n, 65_536))).embeddings
+    q = np.ascontiguousarray(Q[: min(len(Q), 1024)])
+    out = np.empty((q.shape[0], block.shape[0]), np.float32)
+    np.matmul(q, block.T, out=out)  # warm-up
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        np.matmul(q, block.T, out=out)
+        times.append(time.perf_counter() - t)
+    gemm = 2 * q.shape[0] * block.shape[0] * d / float(np.median(times)) / 1e9
+    search = 2 * len(Q) * n * d / float(np.median(phases.data["val_search"]["all_seconds"])) \
+        / 1e9
+    return {"gemm_gflops": gemm, "search_gflops": search, "ratio": search / gemm,
+            "gemm_shape": [int(q.shape[0]), int(block.shape[0]), int(d)]}
 
 
 def _val_recall(res: Any, ix: IndexConfig, device: str, reference_dir: Path | None,
