@@ -15,9 +15,11 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import os
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -119,10 +121,25 @@ def check_target(path: Path, *, marker: str, kind: str, own: Collection[str],
     return True
 
 
+def _remove_quietly(p: Path) -> None:
+    """Delete the previous contents after a successful swap; a failure here does not
+    undo the save (the old copy stays under its hidden name, and the log says so)."""
+    try:
+        shutil.rmtree(p)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("could not remove %s (%s); delete it by hand", p,
+                                            exc)
+
+
+def _host() -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname())[:40] or "host"
+
+
 def _clean_stale(parent: Path, name: str) -> None:
-    """Remove temporary directories of this target left by saves whose process is gone."""
-    prefix = f".{name}{_TMP_TAG}"
-    for p in parent.glob(f".{name}{_TMP_TAG}*"):
+    """Remove temporary directories of this target left by saves on this host whose
+    process is gone (on shared storage, other hosts' saves are never touched)."""
+    prefix = f".{name}{_TMP_TAG}{_host()}-"
+    for p in parent.glob(f"{prefix}*"):
         pid_text = p.name[len(prefix):].split("-", 1)[0]
         if not pid_text.isdigit() or not p.is_dir() or p.is_symlink():
             continue
@@ -150,7 +167,7 @@ def atomic_save_dir(path: str | os.PathLike[str], write: Callable[[Path], Any], 
                            format_name=format_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(path.parent, path.name)
-    tmp = path.parent / f".{path.name}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.parent / f".{path.name}{_TMP_TAG}{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
         write(tmp)
@@ -163,12 +180,23 @@ def atomic_save_dir(path: str | os.PathLike[str], write: Callable[[Path], Any], 
                 raise FileExistsError(f"{path} appeared while saving; nothing was replaced "
                                       f"({exc.strerror})") from None
         elif _exchange(tmp, path):
-            shutil.rmtree(tmp)  # now holds the previous contents
+            # ``tmp`` now holds what was at ``path``: check again that it is ours (the
+            # target was checked before the write, which may have taken minutes).
+            try:
+                check_target(tmp, marker=marker, kind=kind, own=own, overwrite=True,
+                             format_name=format_name)
+            except FileExistsError:
+                _exchange(tmp, path)  # someone put their files there meanwhile: give back
+                raise FileExistsError(f"{path} changed while the {kind} was being saved and "
+                                      f"no longer holds a saved {kind}; nothing was "
+                                      "replaced") from None
+            _remove_quietly(tmp)
         else:  # no atomic exchange here: two renames, the old copy kept until the new is in
-            old = path.parent / f".{path.name}{_OLD_TAG}{os.getpid()}-{secrets.token_hex(4)}"
+            old = path.parent / f".{path.name}{_OLD_TAG}{_host()}-{os.getpid()}-" \
+                f"{secrets.token_hex(4)}"
             os.rename(path, old)
             os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_quietly(old)
         if fsync:
             _fsync_dir(path.parent)
     except BaseException:

@@ -140,3 +140,99 @@ def show_progress(progress: bool | None) -> bool:
     except (AttributeError, ValueError):
         tty = False
     return tty and is_main()
+
+
+# --------------------------------------------------------------------------- collectives
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: a rank died, raised, or did not answer within the timeout.
+    The message names this rank and the operation."""
+
+
+def _dist() -> Any:
+    return sys.modules["torch.distributed"]
+
+
+def _tensor_device() -> Any:
+    """Where collective tensors live: this rank's GPU under NCCL, else the CPU."""
+    import torch
+
+    if _dist().get_backend() == "nccl":
+        return torch.device(f"cuda:{local_rank()}")
+    return torch.device("cpu")
+
+
+class collective:
+    """``with collective("gather of results"):`` — turn a failed or timed-out
+    torch.distributed call into a DistributedError naming the rank and the step."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, DistributedError):
+            return False
+        if isinstance(exc, RuntimeError | TimeoutError | ConnectionError | OSError):
+            raise DistributedError(
+                f"rank {rank()} of {world_size()}: {self.what} failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else exc!r}). Another rank may have "
+                "died or raised, or the collective timed out (init_from_env(timeout_s=...))."
+            ) from exc
+        return False
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on every rank, in rank order (``[obj]`` without a group)."""
+    if not initialized():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    with collective("all-gather of objects"):
+        _dist().all_gather_object(out, obj)
+    return out
+
+
+def broadcast_array(arr: Any, src: int = 0) -> Any:
+    """Rank ``src``'s numpy array on every rank (the others may pass None)."""
+    import numpy as np
+
+    if not initialized():
+        return arr
+    import torch
+
+    header = broadcast_object(None if rank() != src else (arr.shape, str(arr.dtype)), src)
+    shape, dtype = header
+    dev = _tensor_device()
+    with collective("broadcast of queries"):
+        if rank() == src:
+            t = torch.from_numpy(np.ascontiguousarray(arr)).to(dev)
+        else:
+            t = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=dev)
+        _dist().broadcast(t, src=src)
+    return t.cpu().numpy()
+
+
+def gather_arrays(arrays: tuple[Any, ...], dst: int = 0) -> list[tuple[Any, ...]] | None:
+    """Every rank's arrays (same shapes and dtypes on every rank) on rank ``dst``, in rank
+    order; None on the others. Without a group: ``[arrays]``."""
+    import numpy as np
+
+    if not initialized():
+        return [arrays]
+    import torch
+
+    dev = _tensor_device()
+    out: list[list[Any]] = [[] for _ in range(world_size())]
+    with collective("gather of search results"):
+        for a in arrays:
+            t = torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+            bucket = [torch.empty_like(t) for _ in range(world_size())]
+            _dist().all_gather(bucket, t)  # gloo and NCCL alike; the merge is cheap
+            for r, b in enumerate(bucket):
+                out[r].append(b.cpu().numpy())
+    if rank() != dst:
+        return None
+    return [tuple(x) for x in out]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._validation import check_embeddings, check_id_vector, check_int, check_int_vector
 
-__all__ = ["ArraySource", "Batch", "VectorSource"]
+__all__ = ["ArraySource", "Batch", "SliceSource", "VectorSource"]
 
 
 class Batch(NamedTuple):
@@ -94,3 +94,37 @@ class ArraySource:
             raise IndexError(f"rows must be in [0, {len(self)}); got {int(r.min())}.."
                              f"{int(r.max())}")
         return Batch(self.embeddings[r], self.labels[r], self.ids[r])
+
+
+class SliceSource:
+    """Rows [start, stop) of another source, as a source (a rank's contiguous share)."""
+
+    def __init__(self, source: VectorSource, start: int, stop: int) -> None:
+        n = len(source)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"slice [{start}, {stop}) is not within the source's {n} rows")
+        self.source, self.start, self.stop = source, int(start), int(stop)
+
+    @property
+    def dim(self) -> int:
+        return int(self.source.dim)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def iter_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1
+                     ) -> Iterator[Batch]:
+        batch_size = check_int(batch_size, "batch_size")
+        world_size = check_int(world_size, "world_size")
+        rank = check_int(rank, "rank", min_value=0, max_value=world_size - 1)
+        n = len(self)
+        a0 = self.start + n * rank // world_size
+        b0 = self.start + n * (rank + 1) // world_size
+        for a in range(a0, b0, batch_size):
+            yield self.source.take(np.arange(a, min(a + batch_size, b0)))
+
+    def take(self, rows: Any) -> Batch:
+        r = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if r.size and (r.min() < 0 or r.max() >= len(self)):
+            raise IndexError(f"rows must be in [0, {len(self)})")
+        return self.source.take(r + self.start)

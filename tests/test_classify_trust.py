@@ -284,6 +284,7 @@ def test_tampered_prototype_files_are_clear_errors(tmp_path, split):
     for i, (damage, match) in enumerate(cases):
         fresh = fc.PrototypeClassifier(center=True).fit(X, y).save(tmp_path / f"p{i}")
         path = fresh
+        _edit(path, checksums={})  # the content checks must hold without the checksums
         damage()
         with pytest.raises(fc.IndexFileError, match=match):
             fc.PrototypeClassifier.load(path)
@@ -302,6 +303,27 @@ def test_tampered_knn_files_are_clear_errors(tmp_path, split):
     ]
     for i, (damage, match) in enumerate(cases):
         p = fc.KNNClassifier(k=5).fit(X, y).save(tmp_path / f"k{i}")
+        _edit(p, checksums={})  # the content checks must hold without the checksums
         damage(p)
         with pytest.raises(fc.IndexFileError, match=match):
             fc.KNNClassifier.load(p)
+    # With them, a flipped class code is caught before any array is used.
+    p = fc.KNNClassifier(k=5).fit(X, y).save(tmp_path / "kc")
+    raw = bytearray((p / "codes.npy").read_bytes())
+    raw[-8] ^= 1  # one label changes class, still in range
+    (p / "codes.npy").write_bytes(bytes(raw))
+    with pytest.raises(fc.IndexFileError, match=r"codes\.npy: checksum .* damaged"):
+        fc.KNNClassifier.load(p)
+
+
+def test_refused_mixed_label_types_and_searchers_without_the_fitted_ids(split):
+    X, y, Q, _ = split
+    proto = fc.PrototypeClassifier().fit(X, y)
+    with pytest.raises(ValueError, match=r"new label 'cat' .* not of the kind"):
+        proto.add_class("cat", Q[:3])
+    assert "cat" not in proto.classes_.tolist() and proto.classes_.dtype.kind == "i"
+    idx = fc.VectorIndex(D).add(X, np.arange(len(X)) + 10_000)
+    with pytest.raises(ValueError, match="does not hold the fitted vectors' ids"):
+        fc.KNNClassifier(k=3, index=idx).fit(X, y)
+    with pytest.raises(TypeError, match="all str or all int"):
+        fc.ShardWriter("/tmp/never-created-faissclass", dim=4, classes=["a", 1])

@@ -325,3 +325,58 @@ def test_numpy_integers_are_accepted_like_python_ints_and_bools_refused(small):
     for bad in (True, 2.0, "4"):
         with pytest.raises(ValueError, match="nlist must be a positive int"):
             fc.IndexSpec(kind="ivf", nlist=bad)
+
+
+@pytest.mark.parametrize("spec", [fc.IndexSpec(kind="flat"), fc.IndexSpec(kind="ivf", nlist=4)],
+                         ids=["flat", "ivf"])
+def test_an_add_that_fails_midway_changes_nothing(small, spec):
+    idx = fc.VectorIndex(16, spec)
+    if not idx.is_trained:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            idx.train(small)
+    idx.add(small[:100])
+    before = idx.search(small[:20], 5)
+    calls = [0]
+    real = idx._index.add_with_ids if idx._native_ids else idx._index.add
+
+    def flaky(*a):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt  # or a GPU out of memory, mid-way
+        return real(*a)
+
+    if idx._native_ids:
+        idx._index.add_with_ids = flaky
+    else:
+        idx._index.add = flaky
+    with pytest.raises(KeyboardInterrupt):
+        idx.add(small[100:300], batch_size=50)
+    assert idx.ntotal == 100 and len(idx._idset) == 100
+    res = idx.search(small[:20], 5)
+    np.testing.assert_array_equal(res.ids, before.ids)
+
+
+def test_a_save_refuses_a_target_that_became_foreign_while_writing(tmp_path, small,
+                                                                    monkeypatch):
+    import faissclass._atomic as atomic
+
+    idx = fc.VectorIndex(16).add(small)
+    idx.save(tmp_path / "ix")
+    real = idx._write_files
+
+    def slow_write(d):
+        real(d)
+        # Meanwhile someone replaced the old index by their own files.
+        import shutil
+
+        shutil.rmtree(tmp_path / "ix")
+        (tmp_path / "ix").mkdir()
+        (tmp_path / "ix" / "precious.txt").write_text("mine")
+
+    monkeypatch.setattr(idx, "_write_files", slow_write)
+    with pytest.raises(FileExistsError, match="changed while the index was being saved"):
+        idx.save(tmp_path / "ix", overwrite=True)
+    assert (tmp_path / "ix" / "precious.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+    assert atomic._host()

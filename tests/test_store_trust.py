@@ -93,16 +93,20 @@ def test_resumed_writer_removes_only_its_own_partial(tmp_path, rng):
     assert manifest(root)["pending"] is None
 
 
-def test_a_shard_renamed_before_the_manifest_update_is_rewritten(tmp_path, rng):
+def test_a_shard_renamed_before_the_manifest_update_is_kept_not_deleted(tmp_path, rng):
     root = tmp_path / "s"
     partial = _killed_mid_shard(root, rng)
     os.replace(root / partial, root / "shard-00003.h5")  # killed right after the rename
+    before = (root / "shard-00003.h5").read_bytes()
     with fc.ShardWriter(root, dim=8, dtype="float32", shard_size=100, fsync=False) as w:
-        assert len(w) == 300
+        assert len(w) == 300  # its rows are not in the store: rewritten by the caller
         w.append(np.ones((50, 8)), np.zeros(50, int))
     store = fc.EmbeddingStore(root)
     store.verify()
-    assert [s.file for s in store.shards] == [f"shard-0000{i}.h5" for i in range(4)]
+    assert [s.file for s in store.shards] == ["shard-00000.h5", "shard-00001.h5",
+                                              "shard-00002.h5", "shard-00004.h5"]
+    # The unlisted file is kept: its name could have been taken by someone else's file.
+    assert (root / "shard-00003.h5").read_bytes() == before
 
 
 def test_a_foreign_file_named_like_a_shard_is_never_taken_or_deleted(store_dir, rng):
@@ -518,3 +522,36 @@ def test_every_shard_gets_a_file_checksum_and_reads_check_ahead(store_dir, monke
     assert first.ids.tolist() == list(range(10))
     list(store.iter_batches(10))
     assert sorted(seen) == [0, 1, 2]
+
+
+def test_bad_input_midway_never_costs_the_rows_already_written(tmp_path, rng):
+    root = tmp_path / "s"
+    X = rng.standard_normal((120, 8)).astype(np.float32)
+    y = rng.integers(0, 3, (120, 2))
+    with fc.ShardWriter(root, dim=8, dtype="float32", shard_size=100, fsync=False) as w:
+        w.append(X[:30], y[:30, 0], paths=[f"a/{i}" for i in range(30)])
+        # Strided labels and ids (a column of a table): accepted, not a "disk failure".
+        ids = np.arange(30, 150).reshape(60, 2)
+        w.append(X[30:90], y[30:90, 1], ids=ids[:, 0], paths=[f"b/{i}" for i in range(60)])
+        for bad in (["ok"] * 9 + ["bad\udcff"], ["ok"] * 9 + ["nul\0"]):
+            with pytest.raises(ValueError, match=r"paths\[9\]"):
+                w.append(X[90:100], y[90:100, 0], ids=np.arange(1000, 1010), paths=bad)
+        assert len(w) == 90
+        buf = np.arange(500, 510)
+        w.append(X[90:100], y[90:100, 0], ids=buf, paths=[f"c/{i}" for i in range(10)])
+        buf[:] = np.arange(10)  # the caller reuses its buffer: the writer kept a copy
+        assert w.contains([505]).all() and not w.contains([3]).any()
+    store = fc.EmbeddingStore(root)
+    store.verify()
+    assert len(store) == 100
+
+
+def test_a_pending_record_naming_a_listed_shard_is_refused_before_anything_is_deleted(
+        store_dir):
+    m = manifest(store_dir)
+    m["pending"] = {"file": "shard-00001.h5", "partial": "shard-00001.h5"}
+    rewrite_manifest(store_dir, m)
+    before = snapshot(store_dir)
+    with pytest.raises(fc.StoreError, match="'pending' must be null or name one shard"):
+        fc.ShardWriter(store_dir, dim=8, dtype="float32", fsync=False)
+    assert snapshot(store_dir) == before

@@ -123,14 +123,23 @@ class BaseClassifier(ClassifierMixin, BaseEstimator):
         return codes[inverse.reshape(-1)], new
 
     def _grown_classes(self, new: list[Any]) -> np.ndarray:
-        return np.asarray(json_labels(self.classes_) + new) if new else self.classes_
+        if not new:
+            return self.classes_
+        grown = np.asarray(json_labels(self.classes_) + new)
+        if grown.dtype.kind != self.classes_.dtype.kind:
+            raise ValueError(
+                f"new label {new[0]!r} ({type(new[0]).__name__}) is not of the kind of the "
+                f"fitted classes ({self.classes_.dtype}); numpy would turn every label into "
+                "one type. Use labels of one type.")
+        return grown
 
     # ------------------------------------------------------------------ prediction
 
     def predict(self, X: Any) -> np.ndarray:
         """Most likely class of each row, shape (n,)."""
         self._check_fitted()
-        return self.classes_[self._scores(X).argmax(axis=1)]
+        s = self._scores(X)
+        return None if s is None else self.classes_[s.argmax(axis=1)]  # type: ignore
 
     def predict_topk(self, X: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best classes per row and their scores, best first.
@@ -143,6 +152,8 @@ class BaseClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         n = check_int(n, "n", max_value=len(self.classes_))
         s = self._scores(X)
+        if s is None:  # a rank a sharded searcher does not answer on
+            return None  # type: ignore[return-value]
         order = ranked(s, n)
         return self.classes_[order], np.take_along_axis(s, order, 1)
 
@@ -156,8 +167,11 @@ class BaseClassifier(ClassifierMixin, BaseEstimator):
         """Save atomically: ``write(tmpdir)`` writes the arrays and returns the meta."""
 
         def write_all(d: Path) -> None:
+            from ..store._manifest import file_digest
+
             meta = {"format": CLASSIFIER_FORMAT, "type": type(self).__name__,
                     "classes": json_labels(self.classes_), **write(d)}
+            meta["checksums"] = {p.name: file_digest(p) for p in sorted(d.glob("*.npy"))}
             (d / "classifier.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
 
         return atomic_save_dir(path, write_all, marker="classifier.json", kind="classifier",
@@ -182,6 +196,21 @@ class BaseClassifier(ClassifierMixin, BaseEstimator):
         if not isinstance(classes, list) or not classes or len(set(map(repr, classes))) != \
                 len(classes):
             raise IndexFileError(f"{f}: 'classes' must be a non-empty list of unique labels")
+        sums = meta.get("checksums", {})  # classifiers saved before 0.2 have none
+        if not isinstance(sums, dict):
+            raise IndexFileError(f"{f}: 'checksums' must map file names to checksums")
+        from ..store._manifest import file_digest
+
+        for name, want in sums.items():
+            if not isinstance(name, str) or "/" in name or not name.endswith(".npy"):
+                raise IndexFileError(f"{f}: checksum entry {name!r} is not a file of it")
+            try:
+                got = file_digest(path / name)
+            except OSError as exc:
+                raise IndexFileError(f"{path / name}: unreadable ({exc.strerror})") from None
+            if got != want:
+                raise IndexFileError(f"{path / name}: checksum {got}, classifier.json "
+                                     f"recorded {want} (the file is damaged or was replaced)")
         return meta
 
 

@@ -122,11 +122,9 @@ class KNNClassifier(BaseClassifier):
             if n == 0:
                 raise ValueError(f"{X.root} holds no vectors: 0 sample(s) while a minimum of "
                                  "1 is required.")
-            present = np.unique(labels)
+            present, codes = np.unique(labels, return_inverse=True)
             classes = (np.asarray(X.classes)[present] if X.classes is not None else present)
-            codes_by_label = np.full(int(labels.max()) + 1, -1, np.int64)
-            codes_by_label[present] = np.arange(present.size)
-            ids, codes = X.ids(), codes_by_label[labels]
+            ids, codes = X.ids(), codes.reshape(-1).astype(np.int64)
             index = searcher if searcher is not None else VectorIndex.build(
                 X, spec, device=self.device, progress=False)
         else:
@@ -151,6 +149,12 @@ class KNNClassifier(BaseClassifier):
             if hasattr(searcher, "__len__") and len(searcher) != n:
                 raise ValueError(f"the index holds {len(searcher)} vectors, but {n} were "
                                  "given to fit; it must hold exactly the fitted vectors")
+            contains = getattr(searcher, "contains", None)
+            if callable(contains) and not np.all(contains(ids)):
+                missing = ids[~np.asarray(contains(ids), bool)][:3].tolist()
+                raise ValueError(f"the index does not hold the fitted vectors' ids (e.g. "
+                                 f"{missing}): with arrays it must use the row numbers 0..n-1, "
+                                 "with a store the store's ids")
         self.classes_ = classes
         self._set_labels(ids, codes)
         self.index_ = index
@@ -191,6 +195,8 @@ class KNNClassifier(BaseClassifier):
 
         Distances are the index's (inner products, larger is closer, or squared
         L2). Missing neighbours (k above the fitted count) have code -1 and id -1.
+        With a searcher that answers on one rank only (a sharded searcher), the
+        other ranks get None here and from every method built on it.
         """
         self._check_fitted()
         k = self.k if k is None else k
@@ -202,6 +208,8 @@ class KNNClassifier(BaseClassifier):
             res = self.index_.search(q, k, self.search_params, batch_size=self.batch_size)
         else:
             res = self.index_.search(q, k)
+            if res is None:  # a rank other than the one the searcher answers on
+                return None  # type: ignore[return-value]
         return res.distances, self._codes_of(res.ids), res.ids
 
     @property
@@ -224,13 +232,17 @@ class KNNClassifier(BaseClassifier):
                             metric=self._metric, temperature=float(self.temperature), k=k)
 
     def _scores(self, X: Any) -> np.ndarray:
-        sims, codes, _ = self.kneighbors(X)
-        return self.vote(sims, codes)
+        nn = self.kneighbors(X)
+        if nn is None:
+            return None  # type: ignore[return-value]
+        return self.vote(nn[0], nn[1])
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Vote shares per class, shape (n, n_classes), rows summing to 1."""
         self._check_fitted()
         s = self._scores(X)
+        if s is None:
+            return None  # type: ignore[return-value]
         tot = s.sum(axis=1, keepdims=True)
         return np.divide(s, tot, out=np.full_like(s, 1.0 / s.shape[1]), where=tot > 0)
 
@@ -241,7 +253,10 @@ class KNNClassifier(BaseClassifier):
         ks = sorted({check_int(k, "each k in ks") for k in ks})
         if not ks:
             raise ValueError("ks must name at least one k")
-        sims, codes, _ = self.kneighbors(X, ks[-1])
+        nn = self.kneighbors(X, ks[-1])
+        if nn is None:
+            return None  # type: ignore[return-value]
+        sims, codes, _ = nn
         truth, _ = self._encode(y, sims.shape[0], grow=False)
         return {k: float(np.mean(self.vote(sims, codes, k).argmax(1) == truth)) for k in ks}
 
@@ -254,15 +269,36 @@ class KNNClassifier(BaseClassifier):
         self._check_fitted()
         if isinstance(X, EmbeddingStore):
             correct = total = 0
+            answered = True
             for b in X.iter_batches(int(self.batch_size)):
-                correct += self._loo_correct(b.embeddings, b.ids)
+                c = self._loo_correct(b.embeddings, b.ids)
+                answered = c is not None
+                correct += c or 0
                 total += len(b.ids)
-            return correct / total
+            return correct / total if answered else None  # type: ignore[return-value]
         x = self._queries(X)
-        return self._loo_correct(x, np.arange(x.shape[0], dtype=np.int64)) / x.shape[0]
+        c = self._loo_correct(x, np.arange(x.shape[0], dtype=np.int64))
+        return None if c is None else c / x.shape[0]  # type: ignore[return-value]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy (sklearn's), or None on a rank a sharded searcher does not
+        answer on."""
+        pred = self.predict(X)
+        if pred is None:
+            return None  # type: ignore[return-value]
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(y, pred, sample_weight=sample_weight))
 
     def _loo_correct(self, x: np.ndarray, ids: np.ndarray) -> int:
-        sims, codes, got = self.kneighbors(x, self.k + 1)
+        if self.k + 1 > self._ids.size:
+            raise ValueError(f"leave-one-out with k={self.k} needs k + 1 = {self.k + 1} fitted "
+                             f"vectors (each one's own is left out); the fitted set has "
+                             f"{self._ids.size}")
+        nn = self.kneighbors(x, self.k + 1)
+        if nn is None:
+            return None  # type: ignore[return-value]
+        sims, codes, got = nn
         own = got == ids[:, None]
         # Drop each row's own hit (or the last neighbour if the index missed it).
         drop = np.where(own.any(axis=1), own.argmax(axis=1), self.k)

@@ -80,7 +80,8 @@ class VectorIndex:
     Notes
     -----
     HNSW has no GPU implementation in FAISS: asking for one is an error, not a
-    CPU fallback. Not thread-safe: search parameters are set on the index.
+    CPU fallback. Searches may run concurrently on a CPU index (the knobs travel
+    with each call); adding, removing and GPU searches with other knobs may not.
     """
 
     def __init__(self, dim: int, spec: IndexSpec | None = None, *, device: str = "cpu",
@@ -268,14 +269,35 @@ class VectorIndex:
         batch_size = check_int(batch_size, "batch_size")
         x, idv, s = self._prepare_add(vectors, ids)
         n = x.shape[0]
-        for a in range(0, n, batch_size):
-            b = min(a + batch_size, n)
-            if self._native_ids:
-                self._index.add_with_ids(x[a:b], idv[a:b])
-            else:
-                self._index.add(x[a:b])
+        n0 = self.ntotal
+        try:
+            for a in range(0, n, batch_size):
+                b = min(a + batch_size, n)
+                if self._native_ids:
+                    self._index.add_with_ids(x[a:b], idv[a:b])
+                else:
+                    self._index.add(x[a:b])
+        except BaseException:
+            # All or nothing: take out what this call added (FAISS adds batch by batch).
+            self._undo_add(idv, n0)
+            raise
         self._record_ids(idv, s)
         return self
+
+    def _undo_add(self, ids: np.ndarray, n0: int) -> None:
+        added = self.ntotal - n0
+        if added <= 0:
+            return
+        try:
+            if self._native_ids:
+                self._index.remove_ids(faiss.IDSelectorBatch(ids))
+            else:  # positions appended at the end
+                self._index.remove_ids(faiss.IDSelectorRange(n0, n0 + added))
+        except RuntimeError:
+            # A kind FAISS cannot remove from (HNSW): keep the vectors with their ids,
+            # so the index and its id map still agree.
+            kept = ids[:added]
+            self._record_ids(kept, np.sort(kept))
 
     def _prepare_add(self, vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Checked (vectors float32, ids, sorted ids) for an add."""

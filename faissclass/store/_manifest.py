@@ -43,7 +43,6 @@ DEFAULT_SHARD_BYTES = 64 * 2**20
 PARTIAL = ".partial"
 LOCK_NAME = ".lock"
 SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
-SHARD_NAME_RE = re.compile(r"^shard-\d{5,}\.h5(?:\.[0-9a-f]{8}\.partial|\.partial)?$")
 PARTIAL_RE = re.compile(r"^shard-(\d{5,})\.h5(?:\.[0-9a-f]{8})?\.partial$")
 COPY_ROWS = 65_536  # block size when copying or checksumming a shard
 _HASH_BLOCK = 256 * 2**10
@@ -292,12 +291,15 @@ def read_manifest(root: Path) -> tuple[dict[str, Any], tuple[ShardInfo, ...]]:
             raise StoreError(f"{path}: {key!r} must be an object; got {type(m[key]).__name__}")
     _classes(m.get("classes"), path)
     pending = m.get("pending")
-    if pending is not None and not (
-            isinstance(pending, dict) and all(isinstance(pending.get(k), str)
-                                              and SHARD_NAME_RE.match(pending[k])
-                                              for k in ("file", "partial"))):
-        raise StoreError(f"{path}: 'pending' must be null or name a shard of this directory; "
-                         f"got {pending!r}")
+    if pending is not None:
+        ok = isinstance(pending, dict) and isinstance(pending.get("file"), str) and \
+            isinstance(pending.get("partial"), str)
+        fm = ok and SHARD_RE.match(pending["file"])
+        pm = ok and PARTIAL_RE.match(pending["partial"])
+        if not (fm and pm and fm.group(1) == pm.group(1)
+                and pending["partial"].startswith(pending["file"] + ".")):
+            raise StoreError(f"{path}: 'pending' must be null or name one shard of this "
+                             f"directory and its partial file; got {pending!r}")
     itemsize = np.dtype(DTYPES[m["dtype"]]).itemsize
     shards = tuple(ShardInfo.from_json(s, path, i) for i, s in enumerate(m["shards"]))
     seen: set[str] = set()
@@ -356,7 +358,7 @@ def resolve_shard(root: Path, file: str, manifest: Path | None = None) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{p}: shard listed in {MANIFEST_NAME} is not a regular file "
                          "(a FIFO, device or directory); refusing to open it")
-    return p
+    return real  # the checked file itself: a symlink swapped in later is not followed
 
 
 def check_shard_files(root: Path, shards: Sequence[ShardInfo]) -> list[Path]:

@@ -11,6 +11,7 @@ unless that directory is a store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import errno as _errno
 import json
 import logging
@@ -270,8 +271,9 @@ class _OpenShard:
             finally:
                 os.close(fd)
         if os.path.lexists(self.final):  # never replace a file that appeared meanwhile
-            raise StoreError(f"{self.final}: a file of this name appeared while the shard was "
-                             f"written; the finished shard stays at {self.tmp}")
+            raise StoreError(f"{self.final}: a file of this name appeared in the store "
+                             "directory while the shard was written; the shard was not "
+                             "renamed over it and is dropped")
         os.replace(self.tmp, self.final)
         if fsync:
             fsync_dir(self.final.parent)
@@ -447,20 +449,23 @@ class ShardWriter:
         else:  # written before 0.2: the shard in progress was named by the shard count
             name = shard_name(len(shards))
             pending = {"file": name, "partial": name + PARTIAL}
+        # The whole-file checksums of shards finished just before a kill were never
+        # recorded; the dataset checksums stand in for them (readers fall back).
         own = {MANIFEST_NAME + ".tmp"}
-        if pending:
+        if pending and pending["partial"] not in listed:
+            # Only the partial file: its name carries a random token recorded before it
+            # was created. A whole shard file left unlisted (killed between its rename
+            # and the manifest update) is kept: its name could have been taken meanwhile.
             own.add(pending["partial"])
-            if pending["file"] not in listed:
-                own.add(pending["file"])  # renamed into place, manifest not yet updated
         for p in sorted(self.root.iterdir()):
             if p.name in own:
                 if p.is_file() and not p.is_symlink():
                     log.info("removing %s, left by an interrupted writer of this store", p)
                     p.unlink()
             elif (SHARD_RE.match(p.name) or PARTIAL_RE.match(p.name)) and p.name not in listed:
-                log.warning("leaving %s alone: it is not listed in %s and was not this "
-                            "store's shard in progress; new shards will not use its name", p,
-                            MANIFEST_NAME)
+                log.warning("leaving %s alone: it is not listed in %s (a shard an interrupted "
+                            "writer finished but did not record, or not this store's); new "
+                            "shards will not use its name", p, MANIFEST_NAME)
         self._manifest["pending"] = None
 
     def _check_empty_dir(self) -> None:
@@ -577,7 +582,7 @@ class ShardWriter:
             raise ValueError(f"ShardWriter for {self.root} is closed")
         emb = check_embeddings(embeddings, dim=self.dim, dtype=self._np_dtype)
         n = emb.shape[0]
-        lab = check_int_vector(labels, n=n, name="labels")
+        lab = np.array(check_int_vector(labels, n=n, name="labels"), dtype=np.int64)
         self._check_labels(lab)
         if self.normalized and n:
             norms = np.linalg.norm(emb.astype(np.float32, copy=False), axis=1)
@@ -590,7 +595,8 @@ class ShardWriter:
         if ids is None:
             idv = np.arange(len(self), len(self) + n, dtype=np.int64)
         else:
-            idv = check_id_vector(ids, n=n, name="ids")
+            # A copy: the id set must not alias an array the caller may reuse.
+            idv = np.array(check_id_vector(ids, n=n, name="ids"), dtype=np.int64)
         increasing = self._check_new_ids(idv)
         had_paths = self._manifest.get("has_paths")
         plist = self._check_paths(paths, n)
@@ -625,7 +631,7 @@ class ShardWriter:
                 check.result()
             if len(self) == 0:
                 self._manifest["has_paths"] = had_paths
-            if isinstance(exc, Exception) and not isinstance(exc, _Rejected):
+            if isinstance(exc, OSError | RuntimeError | KeyError):
                 # libhdf5 or the file system failed: the open shard is unusable.
                 raise self._fail(exc) from exc
             # A rejected batch, or an interrupt: keep every committed row.
@@ -636,7 +642,7 @@ class ShardWriter:
                     raise self._fail(exc2) from exc2
             if isinstance(exc, _Rejected):
                 raise ValueError(str(exc)) from None
-            raise
+            raise  # an interrupt, or a bug of ours: the committed rows are kept
 
     def _fail(self, exc: BaseException) -> OSError:
         """Drop the shard in progress after an I/O error, close the writer, and say so."""
@@ -646,8 +652,9 @@ class ShardWriter:
         code = getattr(exc, "errno", None)
         why = os.strerror(code) if code else (str(exc).splitlines() or [repr(exc)])[0]
         return OSError(code or _errno.EIO, (
-            f"{where}: writing failed ({why}). The {dropped} rows of the unfinished shard were "
-            f"dropped; the {int(self._manifest['rows'])} rows of finished shards are intact. "
+            f"{where}: writing failed ({why}). The {dropped} rows of the unfinished shard are "
+            f"not in the store; the {int(self._manifest['rows'])} rows of finished shards are "
+            "intact. "
             "The writer is closed: free space (or fix the cause) and open a ShardWriter on "
             "the same directory to resume."))
 
@@ -691,7 +698,8 @@ class ShardWriter:
         if has is None:
             if n == 0:
                 return None if paths is None else check_str_sequence(paths, n=0, name="paths")
-            out = None if paths is None else check_str_sequence(paths, n=n, name="paths")
+            out = None if paths is None else _check_path_texts(
+                check_str_sequence(paths, n=n, name="paths"))
             self._manifest["has_paths"] = given
             return out
         if has and not given:
@@ -699,7 +707,8 @@ class ShardWriter:
         if given and not has:
             raise ValueError("this store was started without paths: omit paths= "
                              "(or write to a new store)")
-        return None if paths is None else check_str_sequence(paths, n=n, name="paths")
+        return None if paths is None else _check_path_texts(
+            check_str_sequence(paths, n=n, name="paths"))
 
     def _finish_shard(self) -> None:
         shard = self._shard
@@ -710,23 +719,33 @@ class ShardWriter:
         except BaseException:
             self._failed_at = shard.tmp
             raise  # the caller drops the shard (abort), keeping the count for its message
-        self._shard = None
-        self._rows_open = 0
         ids = self._ids.close_open()
-        self._manifest["shards"].append(ShardInfo(
+        entry = ShardInfo(
             file=shard.name, rows=rows, bytes=size,
             checksum={k: fmt_hash(h) for k, h in shard.hash.items()},
             id_min=int(ids[0]) if ids.size else None,
             id_max=int(ids[-1]) if ids.size else None,
-        ).to_json())
-        # The whole-file checksum (what readers verify before libhdf5 parses a byte)
-        # is computed on the worker while the next shard is written, and recorded
-        # with the next manifest write; until then the dataset checksums stand in.
+        ).to_json()
+        self._manifest["shards"].append(entry)
+        self._manifest["rows"] = int(self._manifest["rows"]) + rows
+        pending, self._manifest["pending"] = self._manifest["pending"], None
+        try:
+            self._write_manifest()
+        except BaseException:
+            # Not recorded: the shard file stays on disk (a resumed writer keeps it, unlisted)
+            # but its rows are not in the store, and the message must say so.
+            self._manifest["shards"].pop()
+            self._manifest["rows"] = int(self._manifest["rows"]) - rows
+            self._manifest["pending"] = pending
+            self._ids.remove(ids)
+            self._shard = None
+            self._rows_open = rows
+            self._failed_at = path
+            raise
+        self._shard = None
+        self._rows_open = 0
         self._digests.append((len(self._manifest["shards"]) - 1,
                               self._digest_pool.submit(file_digest, path)))
-        self._manifest["rows"] = int(self._manifest["rows"]) + rows
-        self._manifest["pending"] = None
-        self._write_manifest()
         log.debug("finished %s (%d rows)", path, rows)
 
     def _write_manifest(self, *, wait: bool = False, fsync: bool | None = None) -> None:
@@ -759,6 +778,7 @@ class ShardWriter:
                     else:
                         self._shard.discard()
                         self._shard = None
+                        self._manifest["pending"] = None
                 self._write_manifest(wait=True)
             except Exception as exc:
                 raise self._fail(exc) from exc
@@ -808,6 +828,21 @@ class ShardWriter:
                 f"rows={len(self)}, {state})")
 
 
+def _check_path_texts(paths: list[str]) -> list[str]:
+    """Paths HDF5 can store as UTF-8: no NUL, nothing that does not encode (a lone
+    surrogate from os.fsdecode of a non-UTF-8 name)."""
+    for i, p in enumerate(paths):
+        if "\0" in p:
+            raise ValueError(f"paths[{i}] holds a NUL character; paths must be plain text")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"paths[{i}] = {p!r} is not valid UTF-8 (a file name in another "
+                             "encoding?); pass os.fsencode(p).decode('utf-8', 'replace') or "
+                             "a name of your own") from None
+    return paths
+
+
 class _Rejected(Exception):
     """A batch refused after its first chunk was written (non-finite values)."""
 
@@ -822,6 +857,9 @@ def _check_classes(classes: Sequence[Any]) -> list[Any]:
         if isinstance(c, str) and "\0" in c:
             raise ValueError(f"class name {c!r} holds a NUL byte")
     out = [int(c) if isinstance(c, np.integer) else c for c in out]
+    if len({type(c) for c in out}) > 1:
+        raise TypeError("class names must be all str or all int, not a mix (numpy would "
+                        "turn every one into a string)")
     if len(set(out)) != len(out):
         seen: set[Any] = set()
         dup = next(c for c in out if c in seen or seen.add(c))  # type: ignore[func-returns-value]
@@ -841,7 +879,10 @@ def _acquire_lock(root: Path) -> int | None:
     fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise StoreError(f"{root}: another ShardWriter has this store open") from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreError(f"{root}: another ShardWriter has this store open") from None
+        raise StoreError(f"{root}: cannot lock the store ({exc.strerror}); this file system "
+                         "may not support flock (e.g. Lustre without -o flock)") from exc
     return fd
