@@ -71,7 +71,8 @@ def is_main() -> bool:
 def barrier() -> None:
     """Wait for every rank (a no-op without a process group)."""
     if initialized():
-        sys.modules["torch.distributed"].barrier()
+        with collective("barrier"):
+            sys.modules["torch.distributed"].barrier()
 
 
 def device_for_rank(device: str | Device) -> Device:
@@ -90,7 +91,8 @@ def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
         return [obj]
     dist = sys.modules["torch.distributed"]
     out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
-    dist.gather_object(obj, out, dst=dst)
+    with collective("gather of objects"):
+        dist.gather_object(obj, out, dst=dst)
     return out
 
 
@@ -99,7 +101,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not initialized():
         return obj
     lst = [obj]
-    sys.modules["torch.distributed"].broadcast_object_list(lst, src=src)
+    with collective("broadcast"):
+        sys.modules["torch.distributed"].broadcast_object_list(lst, src=src)
     return lst[0]
 
 

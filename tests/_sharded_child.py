@@ -43,7 +43,7 @@ try:
     elif mode == "dead-rank":  # rank 1 never joins the search
         s = ShardedSearcher(store)
         if rank == 1:
-            time.sleep(40)
+            time.sleep(20)
             os._exit(0)
         s.search(np.zeros((4, store.dim), np.float32), 3)
     print("ok")

@@ -410,23 +410,58 @@ class VectorIndex:
         q = self._vectors(queries, "queries")
         fparams, _keep = self._faiss_params(self._effective(params))
         nq = q.shape[0]
-        dist = np.empty((nq, int(k)), np.float32)
-        labels = np.empty((nq, int(k)), np.int64)
+        # Exact flat search on the CPU keeps the library's tie order (equal scores:
+        # smaller id first), the order of exact_search and merge_topk: one neighbour
+        # more is searched to see ties at the k-th place (rare rows are redone exactly).
+        exact = self._flat_cpu()
+        kk = int(k) + 1 if exact and k < self.ntotal else int(k)
+        dist = np.empty((nq, kk), np.float32)
+        labels = np.empty((nq, kk), np.int64)
         with tqdm(total=nq, unit="query", unit_scale=True, disable=not progress,
                   desc="searching") as bar:
             for a in range(0, nq, max(1, int(batch_size))):
                 b = min(a + max(1, int(batch_size)), nq)
                 if fparams is None:
-                    dist[a:b], labels[a:b] = self._index.search(q[a:b], int(k))
+                    dist[a:b], labels[a:b] = self._index.search(q[a:b], kk)
                 else:
-                    dist[a:b], labels[a:b] = self._index.search(q[a:b], int(k),
+                    dist[a:b], labels[a:b] = self._index.search(q[a:b], kk,
                                                                 params=fparams)
                 bar.update(b - a)
         if not self._native_ids:  # labels are positions: map them to ids, keep -1
             pos = self._positions()
             valid = labels >= 0
             labels = np.where(valid, pos[np.where(valid, labels, 0)] if pos.size else -1, -1)
-        return SearchResult(dist, labels.astype(np.int64, copy=False))
+        labels = labels.astype(np.int64, copy=False)
+        if exact:
+            dist, labels = self._ties_by_id(q, dist, labels, int(k))
+        return SearchResult(dist, labels)
+
+    def _flat_cpu(self) -> bool:
+        return (self._placement is None and not self._native_ids
+                and isinstance(faiss.downcast_index(self._index), faiss.IndexFlat))
+
+    def _ties_by_id(self, q: np.ndarray, dist: np.ndarray, ids: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cut k+1 flat results to k with equal scores ordered by id (see :mod:`topk`)."""
+        from ..topk import _select
+
+        tied = (np.flatnonzero(dist[:, k - 1] == dist[:, k]) if dist.shape[1] > k
+                else np.empty(0, np.int64))
+        dist, ids = dist[:, :k].copy(), ids[:, :k].copy()
+        if tied.size:
+            flat = faiss.downcast_index(self._index)
+            xb = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dim).reshape(
+                self.ntotal, self.dim)
+            pos = self._positions()
+            ip = self.metric == "ip"
+            for r in tied:
+                s = xb @ q[r] if ip else -((xb - q[r]) ** 2).sum(1)
+                where, best = _select(s[None, :], pos[None, :], k)
+                ids[r] = pos[where[0]]
+                dist[r] = best[0] if ip else -best[0]
+        key = dist if self.metric == "ip" else -dist
+        order = np.lexsort((ids, -key), axis=1)
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
 
     def _positions(self) -> np.ndarray:
         if self._pos_cache is None:
