@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,8 @@ def step_data(a: argparse.Namespace) -> dict:
     X, y, Q = clustered(a.n, a.dim, a.clusters, noise=a.noise, seed=a.seed, n_queries=a.nq)
     np.save(a.work / "X.npy", X)
     np.save(a.work / "Q.npy", Q)
+    # A fresh store: a writer on a store left by an earlier run would append to it.
+    shutil.rmtree(a.work / "store", ignore_errors=True)
     with fc.ShardWriter(a.work / "store", dim=a.dim, dtype="float32", fsync=False,
                         normalized=True) as w:
         for i in range(0, a.n, 65_536):
