@@ -14,6 +14,7 @@ from typing import Any, Literal
 __all__ = ["Device", "parse_device"]
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(all|\d+))?$")
+_RANKS_RE = re.compile(r"^ranks:(cpu|cuda)$")
 
 
 @dataclass(frozen=True)
@@ -27,16 +28,27 @@ class Device:
         N for "cuda:N"; None for "cuda" (the current GPU), "cuda:all" and "cpu".
     all : bool
         "cuda:all": every visible GPU (an index is sharded or replicated over them).
+    ranks : bool
+        "ranks:cpu" / "ranks:cuda": an index sharded over the ranks of a distributed
+        job (:class:`~faissclass.search.ShardedSearcher`), each rank on its CPU or GPU.
     """
 
     kind: Literal["cpu", "cuda"]
     gpu: int | None = None
     all: bool = False
+    ranks: bool = False
 
     def __str__(self) -> str:
+        if self.ranks:
+            return f"ranks:{self.kind}"
         if self.kind == "cpu":
             return "cpu"
         return "cuda:all" if self.all else ("cuda" if self.gpu is None else f"cuda:{self.gpu}")
+
+    @property
+    def local(self) -> Device:
+        """The device each rank of a "ranks:..." device uses (itself otherwise)."""
+        return Device(self.kind) if self.ranks else self
 
     @property
     def is_gpu(self) -> bool:
@@ -45,13 +57,15 @@ class Device:
     def for_rank(self, local_rank: int) -> Device:
         """The device of one process of a distributed job: each rank of a GPU job gets
         its own GPU, ``cuda:<local rank>``; CPU ranks stay on the CPU."""
-        return self if self.kind == "cpu" else Device("cuda", int(local_rank))
+        return Device("cpu") if self.kind == "cpu" else Device("cuda", int(local_rank))
 
     def torch(self) -> Any:
         """The torch.device (imports torch). "cuda:all" is refused: a model runs on one
         GPU per process (start one process per GPU with torchrun)."""
         import torch
 
+        if self.ranks:
+            return self.for_rank(0).torch() if self.kind == "cpu" else Device("cuda").torch()
         if self.all:
             raise ValueError("device 'cuda:all' is for indexes; a model runs on one GPU per "
                              "process: start one process per GPU (torchrun) with 'cuda'")
@@ -74,9 +88,13 @@ def parse_device(device: str | Device) -> Device:
     if not isinstance(device, str):
         raise TypeError(f"device must be a string like 'cpu', 'cuda', 'cuda:1', 'cuda:all'; "
                         f"got {device!r}")
+    r = _RANKS_RE.match(device.strip())
+    if r is not None:
+        return Device(r.group(1), ranks=True)  # type: ignore[arg-type]
     m = _DEVICE_RE.match(device.strip())
     if m is None:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'cuda:all'; got {device!r}")
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', 'cuda:all', 'ranks:cpu' or "
+                         f"'ranks:cuda'; got {device!r}")
     kind, tail = m.group(1), m.group(2)
     if kind == "cpu":
         if tail is not None:

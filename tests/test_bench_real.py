@@ -165,3 +165,29 @@ def test_a_two_rank_torchrun_run_writes_one_set_of_records(tmp_path):
     for r in recs:
         twin = one[r["key"].rsplit("|", 1)[0]]
         assert r["accuracy"] == twin["accuracy"]
+
+
+def test_a_sharded_device_is_one_more_device_for_the_suite(tmp_path):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(TORCHRUN_CONFIG.replace("fresh_process = false",
+                                           'fresh_process = false\ndevices = ["ranks:cpu"]'))
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29547", "-m", "faissclass.cli", "bench", "run", str(cfg),
+         "--records", str(tmp_path / "r.jsonl"), "--work-dir", str(tmp_path / "w")],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = load_records([tmp_path / "r.jsonl"])
+    assert sorted(r["cell"]["index"] for r in recs) == ["flat", "ivf"]
+    assert all(r["cell"]["device"] == "ranks:cpu" for r in recs)
+    flat = next(r for r in recs if r["cell"]["index"] == "flat")
+    assert flat["sharded"]["ranks"] == 2 and sum(flat["sharded"]["rows"]) == 2000
+    # The sharded flat index gives exactly one process's numbers.
+    single = load_config(cfg, [f"records={json.dumps(str(tmp_path / 's.jsonl'))}",
+                               f"work_dir={json.dumps(str(tmp_path / 'w'))}",
+                               'devices=["cpu"]'])
+    run(single)
+    one = next(r for r in load_records([tmp_path / "s.jsonl"])
+               if r["cell"]["index"] == "flat")
+    assert flat["accuracy"] == one["accuracy"]
+    assert flat["recall"]["recall@5"] == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,7 +201,10 @@ def test_cli_embed_build_eval_predict(tmp_path, fmnist_images, capsys):
     assert main(["predict", str(probe), "--train", str(tmp_path / "emb" / "train"),
                  "--k", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{probe}: c1 (") and out.count("c1/img") >= 2
+    assert out.startswith(f"{probe}: c1  p=") and out.count("c1/img") >= 2
+    # neighbours are paths a user can open: resolved against the recorded root
+    shown = [ln.split()[-1] for ln in out.splitlines()[1:] if "/img" in ln]
+    assert shown and all(Path(x).is_file() for x in shown)
 
 
 def test_augmented_views_are_seeded_and_resumable(tmp_path, rng):

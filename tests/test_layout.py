@@ -208,7 +208,8 @@ def test_devices_parse_in_one_place():
     assert parse_device("cuda:all").all and parse_device("cuda").gpu is None
     assert parse_device("cuda:all").for_rank(2) == Device("cuda", 2)
     assert parse_device("cpu").for_rank(5) == Device("cpu")
-    for bad in ("gpu", "cuda:", "cuda:x", "cpu:0", "CUDA"):
+    assert str(parse_device("ranks:cuda")) == "ranks:cuda" and parse_device("ranks:cpu").ranks
+    for bad in ("gpu", "cuda:", "cuda:x", "cpu:0", "CUDA", "ranks:all", "ranks:cuda:1"):
         with pytest.raises(ValueError, match="device must be"):
             parse_device(bad)
     with pytest.raises(TypeError):

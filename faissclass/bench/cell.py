@@ -92,8 +92,17 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
         else:
             build_phases.end(name, t0.pop(name))
 
-    index = build(train, ix.index_spec(), device=device, fp16=ix.fp16, progress=False,
-                  on_phase=hook)
+    from ..devices import parse_device
+
+    sharded = parse_device(device).ranks
+    if sharded:  # every rank runs this cell together; rank 0 gets the results
+        from ..search import ShardedSearcher
+
+        index: Any = ShardedSearcher(train, ix.index_spec(), device=device, fp16=ix.fp16,
+                                     on_phase=hook)
+    else:
+        index = build(train, ix.index_spec(), device=device, fp16=ix.fp16, progress=False,
+                      on_phase=hook)
     index_bytes = int(index.memory_bytes)
     label_of = _Labels(train)
     Q, yq, _ = val.load()
@@ -109,7 +118,10 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
         for _ in range(cfg.repeats):
             with phases("val_search"):
                 res = index.search(Q, kmax, sp, batch_size=cfg.batch_size)
-        assert res is not None
+        if res is None:  # a rank other than 0 of a sharded cell: join the searches only
+            if ix.train_search:
+                _loo(index, sp, train, label_of, ix, knn, C, kmax, metric, phases, cfg)
+            continue
         codes = label_of(res.ids)
         with phases("vote"):
             val_correct = {}
@@ -125,8 +137,9 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
                                                 metric, phases, cfg)
         else:
             n_queries = 0
-        extra = {}
-        if ix.index_spec().kind == "flat" and index.on_cpu:
+        extra: dict[str, Any] = {"sharded": {"ranks": len(index.shard_rows),
+                                             "rows": index.shard_rows}} if sharded else {}
+        if ix.index_spec().kind == "flat" and index.on_cpu and not sharded:
             extra["gemm_ceiling"] = _gemm_ceiling(Q, train, phases, kmax)
         records.append({
             **extra,
@@ -202,6 +215,10 @@ def _loo(index: Any, sp: Any, train: EmbeddingStore, label_of: _Labels, ix: Inde
             phases.end("train_search", t)
         else:
             phases.data["train_search"]["all_seconds"][-1] += time.perf_counter() - t
+        first = False
+        total += len(qids)
+        if res is None:  # a sharded search answers on rank 0 only
+            continue
         own = res.ids == qids[:, None]
         drop = np.where(own.any(axis=1), own.argmax(axis=1), kmax)  # else the farthest
         keep = np.ones(own.shape, bool)
@@ -213,8 +230,6 @@ def _loo(index: Any, sp: Any, train: EmbeddingStore, label_of: _Labels, ix: Inde
                              temperature=knn.temperature, k=k)
             correct[k]["top1"] += _topk_correct(s, y, 1)
             correct[k]["top5"] += _topk_correct(s, y, 5)
-        total += len(qids)
-        first = False
     return {**_accuracy(correct, total), "queries": total,
             "fraction": ix.train_fraction}, total
 

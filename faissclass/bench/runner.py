@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import distributed as dist
+from ..devices import parse_device
 from ..store import EmbeddingStore, ShardWriter, check_compatible
 from .cell import run_cell
 from .config import RunConfig
@@ -197,6 +198,8 @@ def plan_cells(cfg: RunConfig, train: Path, val: Path) -> list[dict[str, Any]]:
                               "flat": ix.index_spec().kind == "flat",
                               "shaping": {**shaping, "index": json.loads(json.dumps(
                                   ix.__dict__, default=list)), "knn": cfg.to_dict()["knn"]}})
+        if parse_device(dev).ranks:
+            continue  # prototypes and the linear probe run on a device, not sharded
         if cfg.prototype:
             cell = {"dataset": cfg.dataset.label, "device": dev, "index": None, "params": {},
                     "classifier": "prototype"}
@@ -251,8 +254,18 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     ran = 0
     # Flat cells first everywhere: the approximate cells measure recall against them.
     for stage in (True, False):
-        mine = [c for i, c in enumerate(x for x in todo if x["flat"] == stage)
-                if i % world == rank]
+        stage_cells = [x for x in todo if x["flat"] == stage]
+        # Cells on a "ranks:..." device run on every rank together (a sharded index), in
+        # this process (it belongs to the job's process group); rank 0 records them.
+        for spec in [c for c in stage_cells if parse_device(c["device"]).ranks]:
+            recs = run_cell({**spec, "fresh_process": False})
+            ran += 1
+            if dist.is_main():
+                for r in recs:
+                    append_record(cfg.records, r)
+            dist.barrier()
+        stage_cells = [c for c in stage_cells if not parse_device(c["device"]).ranks]
+        mine = [c for i, c in enumerate(stage_cells) if i % world == rank]
         results = []
         for spec in mine:
             if world > 1 and spec["device"] != "cpu":

@@ -29,6 +29,10 @@ def faiss_gpus(device: str | Device) -> list[int]:
         ``cuda:N`` beyond the visible GPUs.
     """
     d = parse_device(device)
+    if d.ranks:
+        raise ValueError(f"device {str(d)!r} shards an index over the ranks of a distributed "
+                         "job: use faissclass.search.ShardedSearcher (a single VectorIndex "
+                         "lives on one rank: 'cpu' or 'cuda')")
     if not d.is_gpu:
         return []
     if not has_gpu_faiss():

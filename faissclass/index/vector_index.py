@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._atomic import atomic_save_dir
+from .._atomic import atomic_save_dir, check_target
 from .._ids import IdSet, sorted_unique
 from .._validation import (
     IndexFileError,
@@ -534,6 +534,13 @@ class VectorIndex:
         """
         return atomic_save_dir(path, self._write_files, marker="index.json", kind="index",
                                own=_OWN_FILES, overwrite=bool(overwrite), format_name=_FORMAT)
+
+    @staticmethod
+    def check_save_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Raise now the error :meth:`save` would raise for ``path`` (e.g. before a long
+        build); returns None if a save there would go ahead."""
+        check_target(Path(path), marker="index.json", kind="index", own=_OWN_FILES,
+                     overwrite=bool(overwrite), format_name=_FORMAT)
 
     def _write_files(self, d: Path) -> None:
         """The index's files into the (new, empty) directory ``d``."""

@@ -56,7 +56,8 @@ class ShardedSearcher:
 
     def __init__(self, source: VectorSource, spec: Any = None, *, device: str = "cpu",
                  params: Any = None, chunk: int = 16_384, results_on: str = "main",
-                 progress: bool | None = False) -> None:
+                 progress: bool | None = False, fp16: bool = False,
+                 on_phase: Any = None) -> None:
         from ..index import IndexSpec, build
 
         self.chunk = check_int(chunk, "chunk")
@@ -66,14 +67,15 @@ class ShardedSearcher:
         start, stop = n * self.rank // self.world, n * (self.rank + 1) // self.world
         self.start, self.stop, self.total = start, stop, n
         spec = spec or IndexSpec(kind="flat")
-        self.device = str(dist.device_for_rank(parse_device(device)))
+        self.spec = spec
+        self.device = str(dist.device_for_rank(parse_device(device).local))
         error = None
         self.local: Any = None
         try:
             part = SliceSource(source, start, stop)
             if len(part):
                 self.local = build(part, spec, device=self.device, params=params,
-                                   progress=progress)
+                                   progress=progress, fp16=fp16, on_phase=on_phase)
         except Exception as exc:  # reported to every rank below, not left to hang them
             error = f"{type(exc).__name__}: {exc}"
         status = dist.all_gather_objects({"rank": self.rank, "error": error,
@@ -96,6 +98,22 @@ class ShardedSearcher:
     def __len__(self) -> int:
         return self.total
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.local is None or bool(self.local.on_cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of every rank's shard together (a collective: every rank calls it)."""
+        mine = 0 if self.local is None else int(self.local.memory_bytes)
+        return int(sum(dist.all_gather_objects(mine)))
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """Which ids some rank holds (a collective)."""
+        ids = np.atleast_1d(np.asarray(ids, np.int64))
+        mine = np.zeros(ids.shape, bool) if self.local is None else self.local.contains(ids)
+        return np.logical_or.reduce(np.stack(dist.all_gather_objects(mine)))
+
     def _local_search(self, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray,
                                                                           np.ndarray]:
         if self.local is None:  # an empty shard: padding only
@@ -104,7 +122,8 @@ class ShardedSearcher:
         res = self.local.search(q, k, params)
         return res.distances, res.ids
 
-    def search(self, queries: Any, k: int, params: Any = None) -> SearchResult | None:
+    def search(self, queries: Any, k: int, params: Any = None, *,
+               batch_size: int | None = None) -> SearchResult | None:
         """The exact merge of every shard's k nearest: (nq, k) on rank 0 (every rank with
         ``results_on="all"``), None elsewhere. Every rank must call it; only rank 0's
         ``queries`` are used (the others may pass None)."""

@@ -299,6 +299,16 @@ class EmbeddingStore:
             None if paths is None else [paths[i] for i in inverse.tolist()],
         )
 
+    def rows_of(self, ids: Any) -> np.ndarray:
+        """The row number of each id (int64, shape like ``ids``); -1 for ids not stored."""
+        q = np.asarray(ids, dtype=np.int64)
+        all_ids = self.ids()
+        order = np.argsort(all_ids, kind="stable")
+        s = all_ids[order]
+        pos = np.minimum(np.searchsorted(s, q), max(s.size - 1, 0))
+        found = (s.size > 0) & (s[pos] == q) if s.size else np.zeros(q.shape, bool)
+        return np.where(found, order[pos] if s.size else -1, -1).astype(np.int64)
+
     def labels(self) -> np.ndarray:
         """Every label, shape (n,) int64, reading only the labels (8 bytes a row)."""
         return self._column("labels")
