@@ -139,6 +139,46 @@ def test_knn_add_equals_fit_on_everything(split):
     np.testing.assert_array_equal(clf.predict(Q), ref.predict(Q))
 
 
+@pytest.mark.parametrize("spec", [fc.IndexSpec(kind="flat"), fc.IndexSpec(kind="ivf", nlist=16)])
+def test_knn_remove_class_equals_fit_without_it(split, spec):
+    X, y, Q, _ = split
+    clf = fc.KNNClassifier(k=10, index=spec).fit(X, y)
+    gone = y[0]
+    clf.remove_class(gone)
+    keep = y != gone
+    assert gone not in clf.classes_ and len(clf.index_) == keep.sum()
+    np.testing.assert_array_equal(clf.classes_, np.unique(y[keep]))
+    if spec.kind == "flat":  # exact: equal to a classifier that never saw the class
+        ref, _ = numpy_vote(X[keep], y[keep], Q, 10, "softmax")
+        np.testing.assert_array_equal(clf.predict(Q), ref)
+    else:  # same trained IVF, same lists minus the class: equal to the flat answer mostly
+        assert not np.isin(clf.predict(Q), [gone]).any()
+    # and back again, under new ids: the class votes as before
+    clf.add(X[~keep], y[~keep])
+    ref_all, _ = numpy_vote(X, y, Q, 10, "softmax")
+    if spec.kind == "flat":
+        np.testing.assert_array_equal(clf.predict(Q), ref_all)
+
+
+def test_knn_remove_class_refusals_leave_it_unchanged(split):
+    X, y, Q, _ = split
+    hnsw = fc.KNNClassifier(k=5, index=fc.IndexSpec(kind="hnsw", M=16)).fit(X, y)
+    before = hnsw.predict_proba(Q)
+    with pytest.raises(NotImplementedError, match="HNSW"):
+        hnsw.remove_class(y[0])
+    np.testing.assert_array_equal(hnsw.predict_proba(Q), before)
+    assert len(hnsw.classes_) == 12
+    flat = fc.KNNClassifier(k=5).fit(X, y)
+    with pytest.raises(ValueError, match="unknown class 99"):
+        flat.remove_class(99)
+    two = fc.KNNClassifier(k=300).fit(X[np.isin(y, [0, 1])], y[np.isin(y, [0, 1])])
+    with pytest.raises(ValueError, match="fewer than k=300"):
+        two.remove_class(0)
+    one = fc.KNNClassifier(k=1).fit(X[:5], np.zeros(5, int))
+    with pytest.raises(ValueError, match="last class"):
+        one.remove_class(0)
+
+
 def test_centering_cl2n_matches_a_manual_computation(split):
     X, y, Q, _ = split
     clf = fc.PrototypeClassifier(center=True).fit(X, y)

@@ -18,7 +18,7 @@ from .._validation import (
 )
 from ..index import IndexSpec, SearchParams, VectorIndex
 from ..store import EmbeddingStore
-from ._base import BaseClassifier, check_labels, load_array, meta_check
+from ._base import BaseClassifier, check_labels, json_labels, load_array, meta_check
 from .votes import VOTES, class_scores, resolve_vote
 
 __all__ = ["KNNClassifier"]
@@ -185,6 +185,35 @@ class KNNClassifier(BaseClassifier):
         self.index_.add(x, idv)  # checks ids (duplicates, already present) before adding
         self.classes_ = self._grown_classes(new)
         self._set_labels(np.concatenate([self._ids, idv]), np.concatenate([self._codes, codes]))
+        return self
+
+    def remove_class(self, label: Any) -> KNNClassifier:
+        """Drop a class: its vectors leave the index, its label leaves ``classes_``.
+
+        Needs an index FAISS can remove from (flat or IVF, on the CPU); HNSW
+        cannot (rebuild without the class instead). A refused call leaves the
+        classifier as it was.
+        """
+        self._check_fitted()
+        if not isinstance(self.index_, VectorIndex):
+            raise NotImplementedError(f"remove_class() needs a VectorIndex underneath; this "
+                                      f"classifier searches a {type(self.index_).__name__}")
+        labels = json_labels(self.classes_)
+        if label not in labels:
+            raise ValueError(f"unknown class {label!r}; classes are {labels[:10]}"
+                             + (" ..." if len(labels) > 10 else ""))
+        if len(labels) == 1:
+            raise ValueError("cannot remove the last class")
+        code = labels.index(label)
+        gone = self._codes == code
+        left = int((~gone).sum())
+        if left < int(self.k):
+            raise ValueError(f"removing class {label!r} leaves {left} vectors, fewer than "
+                             f"k={self.k}; lower k first")
+        self.index_.remove(self._ids[gone])  # refuses (HNSW, GPU) before changing anything
+        codes = self._codes[~gone]
+        self._ids, self._codes = self._ids[~gone], codes - (codes > code)
+        self.classes_ = np.delete(self.classes_, code)
         return self
 
     # ------------------------------------------------------------------ predicting
