@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev || { echo "test.sh: set-up failed" >&2; exit 1; }
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=15 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     # pytest's "no tests collected": neither a pass nor a test failure, but a
