@@ -197,3 +197,37 @@ def test_a_store_larger_than_the_memory_limit_is_searched_exactly(tmp_path):
     X, _, _ = fc.EmbeddingStore(root).load()
     np.testing.assert_array_equal(np.load(str(qp) + ".ids.npy"),
                                   fc.exact_search(X, Q, 10).ids)
+
+
+@pytest.mark.slow
+def test_the_sharded_search_example_runs_and_matches_one_process(tmp_path):
+    """examples/sharded_search.py under torchrun (2 CPU ranks, gloo): the val top-1 and the
+    leave-one-out top-1 it prints equal one process's KNNClassifier on the same stores."""
+    pytest.importorskip("torch")
+    import os
+    import re
+
+    X, y, Q = clustered(600, 16, 5, noise=3.0, seed=11, n_queries=150)
+    # queries labelled by their nearest cluster so the accuracy is neither 0 nor 1
+    yq = fc.KNNClassifier(k=1).fit(X, y).predict(Q)
+    yq[::7] = (yq[::7] + 1) % 5
+    meta = {"model": "none"}
+    write_store(tmp_path / "train", X, y, shard_size=128, dtype="float32", metadata=meta)
+    write_store(tmp_path / "val", Q, yq, dtype="float32", metadata=meta)
+    _PORT[0] += 1
+    example = Path(__file__).parent.parent / "examples" / "sharded_search.py"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(_PORT[0]), str(example), str(tmp_path / "train"),
+                        str(tmp_path / "val"), "--k", "10", "--device", "cpu", "--loo",
+                        "--timeout", "120"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    val = float(re.search(r"val top-1 \(k=10\) ([0-9.]+)", r.stdout).group(1))
+    loo = float(re.search(r"train leave-one-out top-1 ([0-9.]+)", r.stdout).group(1))
+    train = fc.EmbeddingStore(tmp_path / "train")
+    one = fc.KNNClassifier(k=10).fit(train)
+    assert val == pytest.approx(one.score(Q, yq), abs=1e-4)
+    assert loo == pytest.approx(one.loo_score(train), abs=1e-4)
+    assert 0 < val < 1
+    assert "600 vectors on 2 ranks" in r.stdout
