@@ -31,6 +31,18 @@ def json_labels(classes: np.ndarray) -> list[Any]:
     return [c.item() if hasattr(c, "item") else c for c in classes]
 
 
+def class_to_remove(classes: np.ndarray, label: Any) -> int:
+    """The code of ``label`` among ``classes``, checked for ``remove_class``: known, and
+    not the last class left."""
+    labels = json_labels(classes)
+    if label not in labels:
+        raise ValueError(f"unknown class {label!r}; classes are {labels[:10]}"
+                         + (" ..." if len(labels) > 10 else ""))
+    if len(labels) == 1:
+        raise ValueError("cannot remove the last class")
+    return labels.index(label)
+
+
 def ranked(scores: np.ndarray, n: int) -> np.ndarray:
     """Column order of the n best scores per row: score descending, column ascending."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :n]

@@ -18,7 +18,7 @@ from .._validation import (
 )
 from ..index import IndexSpec, SearchParams, VectorIndex
 from ..store import EmbeddingStore
-from ._base import BaseClassifier, check_labels, json_labels, load_array, meta_check
+from ._base import BaseClassifier, check_labels, class_to_remove, load_array, meta_check
 from .votes import VOTES, class_scores, resolve_vote
 
 __all__ = ["KNNClassifier"]
@@ -198,13 +198,7 @@ class KNNClassifier(BaseClassifier):
         if not isinstance(self.index_, VectorIndex):
             raise NotImplementedError(f"remove_class() needs a VectorIndex underneath; this "
                                       f"classifier searches a {type(self.index_).__name__}")
-        labels = json_labels(self.classes_)
-        if label not in labels:
-            raise ValueError(f"unknown class {label!r}; classes are {labels[:10]}"
-                             + (" ..." if len(labels) > 10 else ""))
-        if len(labels) == 1:
-            raise ValueError("cannot remove the last class")
-        code = labels.index(label)
+        code = class_to_remove(self.classes_, label)
         gone = self._codes == code
         left = int((~gone).sum())
         if left < int(self.k):

@@ -17,7 +17,14 @@ from .._validation import (
 )
 from ..index import IndexSpec, VectorIndex, kmeans
 from ..store import EmbeddingStore
-from ._base import BaseClassifier, check_labels, json_labels, load_array, meta_check
+from ._base import (
+    BaseClassifier,
+    check_labels,
+    class_to_remove,
+    json_labels,
+    load_array,
+    meta_check,
+)
 
 __all__ = ["PrototypeClassifier"]
 
@@ -266,14 +273,8 @@ class PrototypeClassifier(BaseClassifier):
     def remove_class(self, label: Any) -> PrototypeClassifier:
         """Drop a class and its prototype."""
         self._check_fitted()
-        labels = json_labels(self.classes_)
-        if label not in labels:
-            raise ValueError(f"unknown class {label!r}; classes are {labels[:10]}"
-                             + (" ..." if len(labels) > 10 else ""))
-        if len(labels) == 1:
-            raise ValueError("cannot remove the last class")
-        i = labels.index(label)
-        keep = np.arange(len(labels)) != i
+        i = class_to_remove(self.classes_, label)
+        keep = np.arange(len(self.classes_)) != i
         kprotos = None if self._kprotos is None else [
             p for j, p in enumerate(self._kprotos) if j != i]
         st = _State(self.classes_[keep], self.sums_[keep], self.counts_[keep], kprotos)
