@@ -53,8 +53,13 @@ def step_data(a: argparse.Namespace) -> dict:
     X, y, Q = clustered(a.n, a.dim, a.clusters, noise=a.noise, seed=a.seed, n_queries=a.nq)
     np.save(a.work / "X.npy", X)
     np.save(a.work / "Q.npy", Q)
-    # A fresh store: a writer on a store left by an earlier run would append to it.
-    shutil.rmtree(a.work / "store", ignore_errors=True)
+    # A fresh store: a writer on a store left by an earlier run would append to it. Only
+    # a faissclass store (this script's cache) is removed, never another folder.
+    old = a.work / "store"
+    if old.exists():
+        if not (old / "store.json").is_file():
+            raise SystemExit(f"{old} exists and is not a faissclass store; pick another --work")
+        shutil.rmtree(old)
     with fc.ShardWriter(a.work / "store", dim=a.dim, dtype="float32", fsync=False,
                         normalized=True) as w:
         for i in range(0, a.n, 65_536):
