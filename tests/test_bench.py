@@ -257,3 +257,33 @@ def test_the_command_line_runs_and_reports(tmp_path):
                         str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "rep" / "report.md").exists()
+
+
+def test_topk_counts_and_chunked_votes_equal_a_full_sort(rng, monkeypatch):
+    """The vote phase's counting (no argsort, queries in chunks) gives the counts of a
+    stable argsort of the whole score matrix, ties by class code included."""
+    from types import SimpleNamespace
+
+    from faissclass.bench import cell
+    from faissclass.classify.votes import class_scores
+
+    s = rng.integers(0, 4, (500, 9)).astype(np.float64)  # many exact ties
+    truth = rng.integers(-1, 9, 500)
+    order = np.argsort(-s, axis=1, kind="stable")
+    for n in (1, 3, 5, 9, 12):
+        ref = int(((order[:, :n] == truth[:, None]).any(axis=1) & (truth >= 0)).sum())
+        assert cell._topk_correct(s, truth, n) == ref
+
+    dist = np.sort(rng.random((1000, 30)).astype(np.float32), axis=1)[:, ::-1]
+    codes = rng.integers(-1, 7, (1000, 30))
+    y = rng.integers(0, 7, 1000)
+    knn = SimpleNamespace(ks=[1, 5, 30], weights="softmax", temperature=0.07)
+    monkeypatch.setattr(cell, "_VOTE_ROWS", 128)  # 1000 rows: chunks that do not divide
+    got = {k: {"top1": 0, "top5": 0} for k in knn.ks}
+    cell._vote_correct(dist, codes, y, 7, knn, "ip", got)
+    for k in knn.ks:
+        full = class_scores(dist, codes, 7, weights="softmax", metric="ip",
+                            temperature=0.07, k=k)
+        o = np.argsort(-full, axis=1, kind="stable")
+        assert got[k]["top1"] == int((o[:, 0] == y).sum())
+        assert got[k]["top5"] == int((o[:, :5] == y[:, None]).any(axis=1).sum())
