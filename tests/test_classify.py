@@ -90,6 +90,33 @@ def test_loo_score_equals_refitting_without_each_point(rng):
     assert clf.loo_score(X) < clf.score(X, y)  # including itself would inflate it
 
 
+def test_loo_score_takes_the_self_join_only_for_the_fitted_set(rng, monkeypatch):
+    """A flat CPU index and exactly the fitted vectors: one symmetric self-join, the
+    same score as searching with k + 1; other vectors (or another index) search."""
+    from faissclass.index import VectorIndex
+
+    X, y, _ = clustered(700, 16, 5, noise=2.0, seed=3)
+    clf = fc.KNNClassifier(k=7, batch_size=128).fit(X, y)
+    calls = []
+    real = VectorIndex.self_knn
+    monkeypatch.setattr(VectorIndex, "self_knn",
+                        lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    fast = clf.loo_score(X)
+    assert calls == [1]
+    ids = np.arange(700)
+    slow = clf._loo_correct(clf._queries(X), ids) / 700  # the k + 1 search path
+    assert fast == pytest.approx(slow)
+    # rows in another order are other (id, vector) pairs; nearby vectors are not the
+    # fitted ones: both search, and score what the k + 1 search scores
+    for other in (X[rng.permutation(700)], X + np.float32(1e-3)):
+        assert clf.loo_score(other) == pytest.approx(
+            clf._loo_correct(clf._queries(other), ids) / 700)
+    assert calls == [1]
+    ivf = fc.KNNClassifier(k=7, index=fc.IndexSpec(kind="ivf", nlist=4)).fit(X, y)
+    ivf.loo_score(X)
+    assert calls == [1]
+
+
 def test_evaluate_several_k_from_one_search(split):
     X, y, Q, yq = split
     got = fc.KNNClassifier(k=50).fit(X, y).evaluate(Q, yq, ks=(1, 10, 50))

@@ -440,6 +440,40 @@ class VectorIndex:
         return (self._placement is None and not self._native_ids
                 and isinstance(faiss.downcast_index(self._index), faiss.IndexFlat))
 
+    def _stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim) float32, a view of the flat CPU index's memory; their ids)."""
+        flat = faiss.downcast_index(self._index)
+        xb = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dim).reshape(
+            self.ntotal, self.dim) if self.ntotal else np.empty((0, self.dim), np.float32)
+        return xb, self._positions()
+
+    def self_knn(self, k: int, *, block: int | None = None, progress: bool | None = None
+                 ) -> tuple[np.ndarray, SearchResult]:
+        """Leave-one-out exact search: each stored vector's k nearest *other* stored
+        vectors, by the symmetric self-join (half the arithmetic of searching the
+        index with its own vectors; see :mod:`faissclass.search.self_join`).
+
+        Flat indexes on CPU only (others raise NotImplementedError; search them with
+        k + 1 and drop each query's own id).
+
+        Returns
+        -------
+        ids : numpy.ndarray, shape (n,), int64
+            The stored ids, one per result row.
+        result : SearchResult, shape (n, k)
+            Row i: the neighbours of the vector with ``ids[i]``, best first, equal
+            scores by smaller id, itself excluded.
+        """
+        from ..search.self_join import DEFAULT_BLOCK, self_knn
+
+        if not self._flat_cpu():
+            raise NotImplementedError(f"self_knn needs a flat index on CPU; this one is "
+                                      f"{self.spec.factory_string(self.dim)!r} on {self.device}")
+        xb, ids = self._stored()
+        res = self_knn(xb, k, self.metric, ids=ids, block=block or DEFAULT_BLOCK,
+                       progress=progress)
+        return ids, res
+
     def _ties_by_id(self, q: np.ndarray, dist: np.ndarray, ids: np.ndarray, k: int
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Cut k+1 flat results to k with equal scores ordered by id (see :mod:`topk`)."""
@@ -449,10 +483,7 @@ class VectorIndex:
                 else np.empty(0, np.int64))
         dist, ids = dist[:, :k].copy(), ids[:, :k].copy()
         if tied.size:
-            flat = faiss.downcast_index(self._index)
-            xb = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dim).reshape(
-                self.ntotal, self.dim)
-            pos = self._positions()
+            xb, pos = self._stored()
             ip = self.metric == "ip"
             for r in tied:
                 s = xb @ q[r] if ip else -((xb - q[r]) ** 2).sum(1)

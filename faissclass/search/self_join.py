@@ -1,0 +1,181 @@
+"""Exact leave-one-out kNN of a set against itself, computing each score once.
+
+Scoring X against X computes every block product twice: rows i against rows j is the
+transpose of j against i. :func:`self_knn` computes only the blocks J >= I (one GEMM
+each) and feeds every product to the running top-k of *both* block rows: the row
+direction (rows of I see columns of J) and the column direction (rows of J see rows
+of I). Half the arithmetic of a search of X in X, same results.
+
+The selection after each GEMM is a compiled kernel (numba), fused with threshold
+pruning: each row's running k-th best score is held in a register and a product is
+touched only if it beats it, so after the first blocks almost every score costs one
+comparison; no id arrays are built (a column's id is its position). It runs on all
+cores, over contiguous memory in both directions (the column direction walks a block
+of columns row by row).
+
+Order of results: as :mod:`faissclass.topk` — best first, equal scores by smaller id.
+Each vector's own row is excluded by position, so a duplicate of it (another row with
+the same vector) is still a neighbour.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._validation import check_finite_embeddings, check_int
+from ..topk import Metric, SearchResult, check_metric, pad_value
+
+__all__ = ["self_join_available", "self_knn", "warm_up"]
+
+DEFAULT_BLOCK = 2048
+
+
+def self_join_available() -> bool:
+    """Whether the compiled selection (numba) can be imported."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels now, so that the first timed
+    self-join does not include it."""
+    self_knn(np.eye(3, dtype=np.float32), 1, progress=False)
+    self_knn(np.eye(3, dtype=np.float32), 1, "l2", progress=False)
+
+
+def _kernels() -> Any:
+    """The compiled selection kernels (numba, imported and compiled on first use)."""
+    try:
+        from . import _kernels as kern
+    except ImportError as exc:
+        if getattr(exc, "name", None) not in ("numba", "llvmlite"):
+            raise
+        raise ImportError("the self-join needs numba: pip install 'faissclass[cpu]' (or "
+                          "pip install numba)") from exc
+    return kern
+
+
+def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
+             block: int = DEFAULT_BLOCK, progress: bool | None = None) -> SearchResult:
+    """Each vector's k nearest *other* vectors of the same set, exactly, with half the
+    arithmetic of searching the set in itself.
+
+    Parameters
+    ----------
+    vectors : array_like, shape (n, d), finite floats, or a VectorSource (a store)
+        Loaded as float32 (a store is read whole: memory n·d·4 bytes).
+    k : int
+        Neighbours per vector; beyond n - 1 the result is padded like FAISS (id -1).
+    metric : {"ip", "l2"}
+        Inner product (larger first) or squared L2 distance (smaller first).
+    ids : array_like of int, shape (n,), optional
+        Each row's id (default: the row number; a store's own ids for a store).
+        Equal scores are ordered by smaller id, and the row itself is left out.
+    block : int
+        Rows per block; one (block, block) float32 product is held at a time.
+    progress : bool, optional
+        tqdm bar over the block pairs (default: on a terminal, rank 0).
+
+    Returns
+    -------
+    SearchResult, shape (n, k)
+        Row i holds vector i's neighbours (not itself), best first, equal scores by
+        smaller id: the result of :func:`~faissclass.topk.exact_search` of the set in
+        itself with each row's own hit removed.
+    """
+    from tqdm.auto import tqdm
+
+    from ..distributed import show_progress
+
+    k = check_int(k, "k")
+    block = check_int(block, "block")
+    metric = check_metric(metric)
+    if hasattr(vectors, "iter_batches") and not isinstance(vectors, np.ndarray):
+        X, idv = _load(vectors)
+        if ids is not None:
+            idv = np.asarray(ids, np.int64)
+    else:
+        X = check_finite_embeddings(vectors, dim=None, name="vectors")
+        idv = (np.arange(X.shape[0], dtype=np.int64) if ids is None
+               else np.asarray(ids, np.int64))
+    n = X.shape[0]
+    if idv.shape != (n,):
+        raise ValueError(f"ids must have one id per row ({n}); got shape {idv.shape}")
+    kern = _kernels()
+    # Ties go to the smaller id and the kernels compare positions: work in id order.
+    order = None
+    if n > 1 and not bool(np.all(idv[1:] > idv[:-1])):
+        order = np.argsort(idv, kind="stable")
+        if np.any(idv[order][1:] == idv[order][:-1]):
+            raise ValueError("ids must be unique")
+        X, idv = X[order], idv[order]
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    kk = max(0, min(k, n - 1))
+    hv = np.full((n, max(kk, 1)), -np.inf, np.float32)
+    hi = np.full((n, max(kk, 1)), np.iinfo(np.int64).max, np.int64)
+    if kk > 0:
+        if metric == "ip":
+            scale, bias = np.float32(1), np.zeros(n, np.float32)
+        else:  # rank by 2 x.y - |y|^2 (the row's own |x|^2 is a constant of the row)
+            scale, bias = np.float32(2), (X * X).sum(1, dtype=np.float32)
+        nb = math.ceil(n / block)
+        buf = np.empty((block, block), np.float32)
+        chunk = 64
+        with tqdm(total=nb * (nb + 1) // 2, unit="block", desc="self-join",
+                  disable=not show_progress(progress)) as bar:
+            for bi in range(nb):
+                a0, a1 = bi * block, min(n, (bi + 1) * block)
+                xa = X[a0:a1]
+                for bj in range(bi, nb):
+                    c0, c1 = bj * block, min(n, (bj + 1) * block)
+                    S = buf[: a1 - a0, : c1 - c0] if (a1 - a0, c1 - c0) == buf.shape \
+                        else np.empty((a1 - a0, c1 - c0), np.float32)
+                    np.matmul(xa, X[c0:c1].T, out=S)
+                    kern.rows(S, a0, c0, hv, hi, kk, scale, bias[c0:c1], bi == bj)
+                    if bj != bi:
+                        kern.cols(S, a0, c0, hv, hi, kk, scale, bias[a0:a1], chunk)
+                    bar.update(1)
+        kern.finish(hv, hi, kk)
+    dist = hv[:, :kk]
+    pos = hi[:, :kk]
+    out_ids = idv[np.minimum(pos, n - 1)] if n else pos
+    if metric == "l2":  # back to squared distances: |x|^2 + |y|^2 - 2 x.y
+        dist = (X * X).sum(1, dtype=np.float32)[:, None] - dist
+        np.maximum(dist, 0, out=dist)
+    dist = dist.astype(np.float32, copy=False)
+    if kk < k:
+        dist = np.concatenate([dist, np.full((n, k - kk), pad_value(metric), np.float32)], 1)
+        out_ids = np.concatenate([out_ids, np.full((n, k - kk), -1, np.int64)], 1)
+    if order is not None:
+        inv = np.empty_like(order)
+        inv[order] = np.arange(n)
+        dist, out_ids = dist[inv], out_ids[inv]
+    return SearchResult(np.ascontiguousarray(dist), np.ascontiguousarray(out_ids))
+
+
+def _load(source: Any) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(source, "load"):
+        X, _, ids = source.load(dtype=np.float32) if _takes_dtype(source) else source.load()
+        return np.asarray(X, np.float32), np.asarray(ids, np.int64)
+    parts, idp = [], []
+    for b in source.iter_batches(65_536):
+        parts.append(np.asarray(b.embeddings, np.float32))
+        idp.append(np.asarray(b.ids, np.int64))
+    if not parts:
+        return np.empty((0, source.dim), np.float32), np.empty(0, np.int64)
+    return np.concatenate(parts), np.concatenate(idp)
+
+
+def _takes_dtype(source: Any) -> bool:
+    import inspect
+
+    try:
+        return "dtype" in inspect.signature(source.load).parameters
+    except (TypeError, ValueError):
+        return False

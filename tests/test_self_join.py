@@ -1,0 +1,148 @@
+"""The symmetric self-join (leave-one-out exact kNN) against exact search with each
+vector's own row removed, by plain numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import unit_rows, write_store
+
+import faissclass as fc
+from faissclass.search.self_join import self_knn
+from faissclass.topk import exact_search
+
+
+def loo_reference(X: np.ndarray, k: int, metric: str = "ip", ids: np.ndarray | None = None
+                  ) -> fc.SearchResult:
+    """exact_search of X in X over *all* n (not k+1: with exact duplicates tied at the
+    top, a row's own hit can fall past k+1 under ties by id), its own id removed."""
+    n = X.shape[0]
+    idv = np.arange(n) if ids is None else ids
+    e = exact_search(X, X, n, metric, ids=idv)
+    keep = e.ids != idv[:, None]
+    assert (keep.sum(axis=1) == n - 1).all()
+    return fc.SearchResult(e.distances[keep].reshape(n, n - 1)[:, :k],
+                           e.ids[keep].reshape(n, n - 1)[:, :k])
+
+
+def assert_same(got: fc.SearchResult, ref: fc.SearchResult, *, exact_ties: bool = False
+                ) -> None:
+    """Ids equal; where two scores are within float rounding of each other (computed
+    by different GEMM tilings), either order is right, so compare the id sets at the
+    distances instead."""
+    np.testing.assert_allclose(got.distances, ref.distances, rtol=1e-5, atol=1e-5)
+    if exact_ties:
+        np.testing.assert_array_equal(got.ids, ref.ids)
+        np.testing.assert_array_equal(got.distances, ref.distances)
+        return
+    diff = np.flatnonzero((got.ids != ref.ids).any(axis=1))
+    for r in diff:  # only near-equal scores may swap
+        d = ref.distances[r]
+        gaps = np.abs(np.diff(d))
+        assert gaps.min() < 1e-5, (r, got.ids[r], ref.ids[r])
+    assert diff.size <= max(2, got.ids.shape[0] // 100)
+
+
+@pytest.mark.parametrize("n,block", [(1000, 250), (1000, 333), (1000, 1000), (1000, 4096),
+                                     (997, 64)])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_equals_exact_search_without_self(rng, n, block, metric):
+    X = unit_rows(rng, n, 24) if metric == "ip" else rng.standard_normal((n, 24)).astype(
+        np.float32) * 3
+    for k in (1, 7, 20):
+        got = self_knn(X, k, metric, block=block, progress=False)
+        assert got.ids.shape == (n, k) and got.ids.dtype == np.int64
+        assert got.distances.dtype == np.float32
+        assert not (got.ids == np.arange(n)[:, None]).any()  # never itself
+        assert_same(got, loo_reference(X, k, metric))
+
+
+@pytest.mark.parametrize("block", [16, 64, 200])
+def test_exact_ties_are_ordered_by_id(rng, block):
+    """Adversarial: small-integer vectors, so hundreds of exactly equal scores sit at
+    the k-th place; the result must be exact_search's (equal scores by smaller id),
+    bit for bit, whatever the block size."""
+    X = rng.integers(-1, 2, (200, 4)).astype(np.float32)
+    X[10] = X[50] = 5  # a unique pair of duplicates: each is the other's nearest (l2)
+    for k in (1, 5, 30):
+        for metric in ("ip", "l2"):
+            got = self_knn(X, k, metric, block=block, progress=False)
+            assert_same(got, loo_reference(X, k, metric), exact_ties=True)
+    got = self_knn(X, 3, "l2", block=block, progress=False)
+    assert got.ids[10, 0] == 50 and got.ids[50, 0] == 10 and got.distances[10, 0] == 0
+
+
+def test_unsorted_ids_and_ties_by_id(rng):
+    X = rng.integers(-1, 2, (300, 3)).astype(np.float32)
+    ids = rng.permutation(10_000)[:300].astype(np.int64)
+    got = self_knn(X, 10, "ip", ids=ids, block=64, progress=False)
+    ref = loo_reference(X, 10, "ip", ids=ids)
+    assert_same(got, ref, exact_ties=True)
+    with pytest.raises(ValueError, match="unique"):
+        self_knn(X, 3, ids=np.zeros(300, np.int64), progress=False)
+    with pytest.raises(ValueError, match="one id per row"):
+        self_knn(X, 3, ids=np.arange(5), progress=False)
+
+
+def test_k_at_or_above_n_is_padded_like_faiss(rng):
+    X = unit_rows(rng, 6, 8)
+    got = self_knn(X, 9, block=4, progress=False)
+    assert got.ids.shape == (6, 9)
+    assert (got.ids[:, 5:] == -1).all() and (got.distances[:, 5:] < -1e38).all()
+    ref = loo_reference(X, 5)
+    assert_same(fc.SearchResult(got.distances[:, :5], got.ids[:, :5]), ref)
+    one = self_knn(X[:1], 3, progress=False)
+    assert (one.ids == -1).all()
+
+
+def test_a_store_uses_its_own_ids(tmp_path, rng):
+    X = unit_rows(rng, 500, 16)
+    y = rng.integers(0, 5, 500)
+    store = write_store(tmp_path / "s", X, y)
+    got = self_knn(store, 8, block=128, progress=False)
+    Xs, _, ids = store.load()
+    assert_same(got, loo_reference(Xs, 8, ids=ids))
+
+
+def test_bad_input_is_refused(rng):
+    with pytest.raises(ValueError, match=r"finite|NaN"):
+        self_knn(np.full((4, 3), np.nan, np.float32), 2, progress=False)
+    with pytest.raises(ValueError, match="metric"):
+        self_knn(unit_rows(rng, 4, 3), 2, "cosine", progress=False)
+    with pytest.raises(ValueError, match="k"):
+        self_knn(unit_rows(rng, 4, 3), 0, progress=False)
+
+
+def test_equals_faiss_flat_self_search(rng):
+    """The baseline it replaces: FAISS's flat search of X in X with k + 1, self dropped."""
+    faiss = pytest.importorskip("faiss")
+    X = unit_rows(rng, 3000, 64)
+    index = faiss.IndexFlatIP(64)
+    index.add(X)
+    D, Ii = index.search(X, 21)
+    own = Ii == np.arange(3000)[:, None]
+    keep = ~own
+    keep[~own.any(axis=1), -1] = False
+    ref = fc.SearchResult(D[keep].reshape(3000, 20), Ii[keep].reshape(3000, 20))
+    assert_same(self_knn(X, 20, block=1024, progress=False), ref)
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_embeddings(tmp_path):
+    """Real lite0 embeddings of 1,000 Fashion-MNIST images (float16 in the store, as
+    users keep them): the self-join equals exact search without self."""
+    from faissclass.data import FASHION_MNIST_DIR, load_fashion_mnist
+    from faissclass.data.arrays import ArrayDataset
+
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("Debian dataset-fashion-mnist absent")
+    images, labels = load_fashion_mnist("test")
+    ds = ArrayDataset(images[:1000], labels[:1000])
+    emb = fc.Embedder("tf_efficientnet_lite0")
+    with fc.ShardWriter(tmp_path / "s", dim=emb.dim, dtype="float16", fsync=False) as w:
+        emb.embed_dataset(ds, w, batch_size=100, progress=False)
+    store = fc.EmbeddingStore(tmp_path / "s")
+    X, _, ids = store.load()
+    for metric in ("ip", "l2"):
+        got = self_knn(store, 20, metric, block=512, progress=False)
+        assert_same(got, loo_reference(X, 20, metric, ids=ids))
