@@ -220,6 +220,9 @@ def check_factory(factory: str, dim: int | None = None) -> str:
     return factory
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SearchParams:
     """Per-search knobs. None means the index's default.
@@ -233,19 +236,32 @@ class SearchParams:
     ef_search : int, optional
         HNSW search beam width (>= k is sensible); recall and cost grow with it.
         Default: :data:`DEFAULT_EF_SEARCH` (64), not FAISS's 16.
+    precision : {"fp32", "bf16", "fp16", "auto"}, optional
+        Flat inner-product indexes on CPU: "bf16"/"fp16" find candidates with a
+        low-precision GEMM (torch) and re-rank them in float32, with a per-query proof
+        of exactness and a float32 fallback (:mod:`faissclass.search.certified`): the
+        same results as "fp32", faster only where the hardware multiplies bf16
+        natively. "auto" picks "bf16" on such a CPU (AVX512-BF16 / AMX), else "fp32".
+        Default: "fp32".
     """
 
     nprobe: int | None = None
     ef_search: int | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("nprobe", "ef_search"):
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, check_int(v, name))
+        if self.precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["precision"] is None:  # unset: the dict (and index.json) of before it existed
+            del d["precision"]
+        return d
 
 
 DEFAULT_EF_SEARCH = 64

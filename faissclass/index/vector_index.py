@@ -126,6 +126,8 @@ class VectorIndex:
         self._next_id = next_id
 
     def _init_from_cpu(self, cpu: Any) -> None:
+        #: CertifiedStats of the last low-precision search (see SearchParams.precision)
+        self.last_certified: Any = None
         self._id_mode = id_mode(cpu)
         self._native_ids = self._id_mode != "positions"
         ivf = faiss.try_extract_index_ivf(cpu)
@@ -153,6 +155,12 @@ class VectorIndex:
         if params.ef_search is not None and self._base_params.ef_search is None:
             raise ValueError(f"ef_search applies to HNSW indexes; this one is "
                              f"{self.spec.factory_string(self.dim)}")
+        if params.precision not in (None, "fp32") and not (self._flat_cpu()
+                                                           and self.metric == "ip"):
+            raise ValueError(f"precision={params.precision!r} applies to flat inner-product "
+                             f"indexes on CPU; this one is "
+                             f"{self.spec.factory_string(self.dim)} ({self.metric}) on "
+                             f"{self.device}")
 
     # ------------------------------------------------------------------ description
 
@@ -360,6 +368,8 @@ class VectorIndex:
             nprobe=next((v for v in (p.nprobe, self.params.nprobe, base.nprobe)
                          if v is not None), None),
             ef_search=next((v for v in (p.ef_search, self.params.ef_search, base.ef_search)
+                            if v is not None), None),
+            precision=next((v for v in (p.precision, self.params.precision)
                             if v is not None), None))
         self._check_params(p)
         return merged
@@ -408,7 +418,12 @@ class VectorIndex:
         if not self.is_trained:
             raise ValueError("search before train(): this index is untrained and empty")
         q = self._vectors(queries, "queries")
-        fparams, _keep = self._faiss_params(self._effective(params))
+        eff = self._effective(params)
+        lowp = self._low_precision(eff)
+        if lowp is not None:
+            return self._certified(q, int(k), lowp)
+        self.last_certified = None
+        fparams, _keep = self._faiss_params(eff)
         nq = q.shape[0]
         # Exact flat search on the CPU keeps the library's tie order (equal scores:
         # smaller id first), the order of exact_search and merge_topk: one neighbour
@@ -435,6 +450,24 @@ class VectorIndex:
         if exact:
             dist, labels = self._ties_by_id(q, dist, labels, int(k))
         return SearchResult(dist, labels)
+
+    def _low_precision(self, p: SearchParams) -> str | None:
+        """The low-precision type a search runs its candidate GEMM in, or None (fp32)."""
+        if p.precision in (None, "fp32"):
+            return None
+        if p.precision == "auto":
+            from ..search.certified import lowp_supported
+
+            return "bf16" if lowp_supported("cpu", "bf16") else None
+        return p.precision
+
+    def _certified(self, q: np.ndarray, k: int, precision: str) -> SearchResult:
+        from ..search.certified import certified_search
+
+        xb, ids = self._stored()
+        res, stats = certified_search(xb, q, k, precision=precision, ids=ids)
+        self.last_certified = stats
+        return res
 
     def _flat_cpu(self) -> bool:
         return (self._placement is None and not self._native_ids

@@ -33,9 +33,14 @@ def _replace_top(vals, ids, k, s, i):
     vals[pos] = s
     ids[pos] = i
 
+_SEG = 256  # columns per segment of the row pass
+
+
 @njit(parallel=True, cache=True)
 def rows(S, r0, c0, hv, hi, k, scale, colbias, diag):
-    # rows r0.. of the heaps see columns c0.. (positions c0 + c)
+    # Rows r0.. of the heaps see columns c0.. (positions c0 + c). Per segment of a row,
+    # a branch-free (vectorised) count of scores >= the row's threshold comes first;
+    # only a segment with one goes through the exact (score, position) test.
     nr, nc = S.shape
     for r in prange(nr):
         v = hv[r0 + r]
@@ -43,39 +48,52 @@ def rows(S, r0, c0, hv, hi, k, scale, colbias, diag):
         top = v[0]
         topi = ii[0]
         own = r if diag else -1
-        for c in range(nc):
-            s = scale * S[r, c] - colbias[c]
-            if s >= top:
-                if c == own:
-                    continue
-                if s > top or c0 + c < topi:
+        for a in range(0, nc, _SEG):
+            b = min(a + _SEG, nc)
+            hits = 0
+            for c in range(a, b):
+                hits += scale * S[r, c] - colbias[c] >= top
+            if hits == 0:
+                continue
+            for c in range(a, b):
+                s = scale * S[r, c] - colbias[c]
+                if s >= top and c != own and (s > top or c0 + c < topi):
                     _replace_top(v, ii, k, s, c0 + c)
                     top = v[0]
                     topi = ii[0]
 
+
 @njit(parallel=True, cache=True)
 def cols(S, r0, c0, hv, hi, k, scale, rowbias, chunk):
-    # rows c0.. of the heaps see rows r0.. of S: each task owns a chunk of columns
-    # and walks S row by row (contiguous), the chunk's thresholds in a small array
+    # Rows c0.. of the heaps see rows r0.. of S: each task owns a chunk of columns and
+    # walks S row by row (contiguous), the chunk's thresholds in a small array; a
+    # branch-free count per row first, the exact test only for a row with a hit.
     nr, nc = S.shape
     ntask = (nc + chunk - 1) // chunk
     for t in prange(ntask):
         a = t * chunk
         b = min(a + chunk, nc)
-        tops = np.empty(b - a, S.dtype)
-        topis = np.empty(b - a, np.int64)
-        for c in range(a, b):
-            tops[c - a] = hv[c0 + c, 0]
-            topis[c - a] = hi[c0 + c, 0]
+        w = b - a
+        tops = np.empty(w, S.dtype)
+        topis = np.empty(w, np.int64)
+        for c in range(w):
+            tops[c] = hv[c0 + a + c, 0]
+            topis[c] = hi[c0 + a + c, 0]
         for r in range(nr):
             bias = rowbias[r]
-            for c in range(a, b):
-                s = scale * S[r, c] - bias
-                # a cheap test first; the exact (score, id) test only for a hit
-                if s >= tops[c - a] and (s > tops[c - a] or r0 + r < topis[c - a]):
-                    _replace_top(hv[c0 + c], hi[c0 + c], k, s, r0 + r)
-                    tops[c - a] = hv[c0 + c, 0]
-                    topis[c - a] = hi[c0 + c, 0]
+            row = S[r, a:b]
+            hits = 0
+            for c in range(w):
+                hits += scale * row[c] - bias >= tops[c]
+            if hits == 0:
+                continue
+            for c in range(w):
+                s = scale * row[c] - bias
+                if s >= tops[c] and (s > tops[c] or r0 + r < topis[c]):
+                    _replace_top(hv[c0 + a + c], hi[c0 + a + c], k, s, r0 + r)
+                    tops[c] = hv[c0 + a + c, 0]
+                    topis[c] = hi[c0 + a + c, 0]
+
 
 @njit(parallel=True, cache=True)
 def finish(hv, hi, k):
