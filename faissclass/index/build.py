@@ -81,6 +81,7 @@ def build(source: VectorSource, spec: IndexSpec | None = None, *, device: str = 
         if ivf is not None:
             _add_ivf_reserved(index, ivf, source, batch_size, bar)
         else:
+            index._reserve_codes(n)
             batches = source.iter_batches(batch_size)
             while (batch := next(batches, None)) is not None:
                 index.add(batch.embeddings, batch.ids, batch_size=batch_size)

@@ -336,6 +336,21 @@ class VectorIndex:
         self._idset.add_open(s.copy() if s is idv else s)
         self._next_id = max(self._next_id, int(s[-1]) + 1)
 
+    def _reserve_codes(self, n: int) -> None:
+        """Size an empty flat-codes CPU index's storage for n vectors up front.
+
+        FAISS grows the codes with std::vector::resize, which doubles the capacity and
+        copies: adding 1.28 M × 384 float32 in batches peaked at 3.4 GB for a 1.9 GB
+        index (measured). Resizing to the final size and back to 0 keeps the capacity,
+        so the adds never reallocate: the peak is the index plus a batch.
+        """
+        if self._placement is not None or self.ntotal or n <= 0:
+            return
+        idx = faiss.downcast_index(self._index)
+        if isinstance(idx, faiss.IndexFlatCodes) and idx.codes.is_owned:
+            idx.codes.resize(int(n) * int(idx.code_size))
+            idx.codes.resize(0)
+
     def _reservable_ivf(self) -> Any:
         """The index as a plain, empty CPU IndexIVF with array lists, else None."""
         if self._placement is not None or self.ntotal:
