@@ -146,3 +146,12 @@ def test_real_fashion_mnist_embeddings(tmp_path):
     for metric in ("ip", "l2"):
         got = self_knn(store, 20, metric, block=512, progress=False)
         assert_same(got, loo_reference(X, 20, metric, ids=ids))
+    # the certified low-precision search on the same real vectors: exact, and it
+    # certifies (does not fall back for) most queries
+    pytest.importorskip("torch")
+    from faissclass.search.certified import certified_search
+
+    got, stats = certified_search(X[200:], X[:200], 20, ids=ids[200:])
+    ref = exact_search(X[200:], X[:200], 20, ids=ids[200:])
+    assert_same(got, ref)
+    assert stats.rate > 0.5, stats

@@ -1,11 +1,16 @@
-"""Search beyond one index in memory: sharded across the ranks of a distributed job, and
-out of core over stores larger than memory.
+"""Search beyond one index in memory, and exact search beyond the float32 ceiling.
 
 Files: ``sharded`` (ShardedSearcher: one shard per rank, exact merge on rank 0),
-``out_of_core`` (search_source: stream a store block by block, running top-k).
+``out_of_core`` (search_source: stream a store block by block, running top-k),
+``self_join`` (self_knn: leave-one-out exact kNN computing each product once; its
+compiled selection kernels in ``_kernels``), ``certified`` (certified_search:
+low-precision candidates, float32 re-rank, a per-query proof of exactness).
 """
 
+from .certified import CertifiedStats, certified_search, lowp_supported
 from .out_of_core import search_source
+from .self_join import self_knn
 from .sharded import ShardedSearcher
 
-__all__ = ["ShardedSearcher", "search_source"]
+__all__ = ["CertifiedStats", "ShardedSearcher", "certified_search", "lowp_supported",
+           "search_source", "self_knn"]
