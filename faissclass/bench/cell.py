@@ -237,8 +237,10 @@ def _loo(index: Any, sp: Any, train: EmbeddingStore, label_of: _Labels, ix: Inde
         t = phases.begin("train_search")
         ids, res = index.self_knn(kmax, progress=False)
         phases.end("train_search", t)
-        _vote_correct(res.distances, label_of(res.ids), label_of(ids), C, knn, metric,
-                      correct)
+        for a in range(0, ids.size, _QUERY_BATCH):  # labels in batches: bounded temporaries
+            b = a + _QUERY_BATCH
+            _vote_correct(res.distances[a:b], label_of(res.ids[a:b]), label_of(ids[a:b]), C,
+                          knn, metric, correct)
         return {**_accuracy(correct, ids.size), "queries": int(ids.size), "fraction": 1.0,
                 "method": "self-join"}, int(ids.size)
     total = 0

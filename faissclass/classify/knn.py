@@ -331,17 +331,25 @@ class KNNClassifier(BaseClassifier):
         if self.k + 1 > self._ids.size:
             return None  # the search path raises the clear error
         xb, pos = idx._stored()
+        if len(X) != xb.shape[0]:
+            return None
+        # X must be exactly the stored set, (id, vector) by (id, vector): compared in
+        # batches (no copy of the set), each id looked up among the stored ones
+        order = np.argsort(pos)
+        spos = pos[order]
         if isinstance(X, EmbeddingStore):
-            if len(X) != xb.shape[0] or X.dim != xb.shape[1]:
+            if X.dim != xb.shape[1]:
                 return None
-            x, _, xids = X.load()
+            batches = ((b.embeddings, b.ids) for b in X.iter_batches(65_536))
         else:
             x = self._queries(X)
-            xids = np.arange(x.shape[0], dtype=np.int64)
-        if x.shape != xb.shape or not np.array_equal(np.sort(xids), np.sort(pos)):
-            return None
-        if not np.array_equal(x[np.argsort(xids)], xb[np.argsort(pos)]):
-            return None  # other vectors than the fitted ones: search them
+            batches = ((x[a:a + 65_536], np.arange(a, min(a + 65_536, len(x)))
+                        ) for a in range(0, len(x), 65_536))
+        for xv, xid in batches:
+            j = np.minimum(np.searchsorted(spos, xid), spos.size - 1)
+            if not np.array_equal(spos[j], xid) or not np.array_equal(
+                    np.asarray(xv, np.float32), xb[order[j]]):
+                return None  # other vectors than the fitted ones: search them
         ids, res = idx.self_knn(self.k, progress=False)
         truth = self._codes_of(ids)
         correct = 0

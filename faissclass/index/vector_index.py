@@ -7,6 +7,7 @@ is cast silently; integer input is refused), ids int64.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -347,7 +348,7 @@ class VectorIndex:
         if self._placement is not None or self.ntotal or n <= 0:
             return
         idx = faiss.downcast_index(self._index)
-        if isinstance(idx, faiss.IndexFlatCodes) and idx.codes.is_owned:
+        if isinstance(idx, faiss.IndexFlatCodes) and getattr(idx.codes, "is_owned", True):
             idx.codes.resize(int(n) * int(idx.code_size))
             idx.codes.resize(0)
 
@@ -387,6 +388,7 @@ class VectorIndex:
             precision=next((v for v in (p.precision, self.params.precision)
                             if v is not None), None))
         self._check_params(p)
+        self._check_params(merged)  # the index's own defaults too (they may be reassigned)
         return merged
 
     def _faiss_params(self, p: SearchParams) -> tuple[Any, list[Any]]:
@@ -682,6 +684,13 @@ class VectorIndex:
         if self._native_ids != meta["native_ids"]:
             raise IndexFileError(f"{path / 'index.json'}: says native_ids="
                                  f"{meta['native_ids']}, the index says otherwise")
+        if self.params.precision not in (None, "fp32") and not (
+                self._flat_cpu() and self.metric == "ip"):
+            # a per-device choice, not damage: loaded on a device it does not apply to
+            warnings.warn(f"{path}: saved precision={self.params.precision!r} applies to a "
+                          f"flat index on CPU only; searching in fp32 on {self.device}",
+                          stacklevel=2)
+            self.params = dataclasses.replace(self.params, precision=None)
         try:
             self._check_params(self.params)
         except ValueError as exc:

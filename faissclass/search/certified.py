@@ -16,7 +16,10 @@ out has ŝ ≤ ŝ', so its exact score is at most
 
 and if t > bound the re-ranked top-k is the exact top-k (a query is *certified*). A
 query that is not falls back to a float32 exact search. The result is exact either
-way: the same ids as a float32 flat search (equal scores ordered by smaller id).
+way: the ids of a float32 flat search (equal scores ordered by smaller id), except that
+two scores within float32 rounding of each other may come in either order (the
+re-rank and a float32 search sum in different orders). Two float32 rounding terms in
+the bound make sure a left-out vector cannot overtake the k-th in float32 either.
 
 torch provides the low-precision GEMM and is imported only here (never by the store
 or index layers). Inner product only (the metric of normalised embeddings).
@@ -38,6 +41,9 @@ __all__ = ["CertifiedStats", "certified_search", "lowp_supported"]
 
 PRECISIONS = ("bf16", "fp16")
 _U_OUT = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}  # unit roundoff of the output type
+# absolute rounding error below the output type's normal range (half its subnormal
+# spacing, rounded up): the relative term alone does not cover subnormal outputs
+_ETA_OUT = {"bf16": 2.0 ** -133, "fp16": 2.0 ** -24}
 
 
 @dataclass
@@ -93,9 +99,23 @@ def lowp_supported(device: str = "cpu", precision: str = "bf16") -> bool:
     return precision == "fp16" or major >= 8
 
 
+def _fp32_accumulation(dev: Any, tdt: Any) -> bool:
+    """Whether the low-precision GEMM accumulates in float32: on CPU (checked for
+    torch's bf16/fp16 matmul), and on CUDA unless torch allows cuBLAS reduced-precision
+    reductions (its default does: then the bound uses the low type's roundoff)."""
+    import torch
+
+    if dev.type == "cpu":
+        return True
+    m = torch.backends.cuda.matmul
+    flag = ("allow_bf16_reduced_precision_reduction" if tdt == torch.bfloat16
+            else "allow_fp16_reduced_precision_reduction")
+    return getattr(m, flag, True) is False
+
+
 def certified_search(database: Any, queries: Any, k: int, *, precision: str = "bf16",
                      candidates: int | None = None, device: str = "cpu",
-                     query_block: int = 4096, db_block: int = 262_144,
+                     query_block: int = 1024, db_block: int = 65_536,
                      ids: Any = None) -> tuple[SearchResult, CertifiedStats]:
     """Exact inner-product top-k with a low-precision GEMM for the candidates.
 
@@ -119,8 +139,8 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
     Returns
     -------
     SearchResult, shape (nq, k)
-        Equal to ``exact_search(database, queries, k)``: best first, equal scores by
-        smaller id.
+        ``exact_search(database, queries, k)``: best first, equal scores by smaller
+        id (scores within float32 rounding of each other may swap).
     CertifiedStats
         How many queries were certified and how many fell back to float32.
     """
@@ -137,6 +157,11 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
     if idv.shape != (n,):
         raise ValueError(f"ids must have one id per database row ({n}); got {idv.shape}")
     kk = min(k, n)
+    if kk == 0:  # an empty database: FAISS's padding, nothing to certify
+        return (SearchResult(np.full((nq, k), pad_value("ip"), np.float32),
+                             np.full((nq, k), -1, np.int64)),
+                CertifiedStats(queries=nq, certified=nq, fallback=0, candidates=0,
+                               precision=precision))
     kc = check_int(4 * kk + 16 if candidates is None else candidates, "candidates")
     kc = min(max(kc, kk), n)
     query_block = check_int(query_block, "query_block")
@@ -152,8 +177,10 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
         x_norm = max(x_norm, float(np.sqrt((x * x).sum(1)).max(initial=0.0)))
         xt_norm = max(xt_norm, float(np.sqrt((xr * xr).sum(1)).max(initial=0.0)))
         x_err = max(x_err, float(np.sqrt(((x - xr) ** 2).sum(1)).max(initial=0.0)))
-    gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
     u = _U_OUT[precision]
+    u_acc = 2.0 ** -24 if _fp32_accumulation(dev, tdt) else u
+    gamma = d * u_acc / (1 - d * u_acc)
+    gamma32 = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)  # float32 dot products (re-rank, ref.)
     dist = np.empty((nq, kk), np.float32)
     out = np.empty((nq, kk), np.int64)
     certified = 0
@@ -166,10 +193,10 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
         qt_norm = np.sqrt((qr ** 2).sum(1))
         best_s = best_i = None
         for b in range(0, n, db_block):
-            s = (qt @ Xt[b:b + db_block].T).float()
+            s = qt @ Xt[b:b + db_block].T
             kb = min(kc, s.shape[1])
-            v, i = torch.topk(s, kb, dim=1)
-            i = i + b
+            v, i = torch.topk(s, kb, dim=1)  # in the low-precision type: no float copy
+            v, i = v.float(), i + b
             if best_s is not None:
                 v = torch.cat([best_s, v], 1)
                 i = torch.cat([best_i, i], 1)
@@ -182,8 +209,9 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
         lowk = best_s[:, -1].cpu().numpy().astype(np.float64)  # k'-th low-precision score
         # float32 re-rank of the candidates, then the exact (score, id) order
         exact = np.empty(cand.shape, np.float32)
-        for r in range(0, len(q), 256):  # gathers of (256, k', d) at a time
-            exact[r:r + 256] = np.einsum("qd,qcd->qc", q[r:r + 256], X[cand[r:r + 256]])
+        step = max(1, 2**24 // (kc * d))  # gathers of (step, k', d): <= 64 MB at a time
+        for r in range(0, len(q), step):
+            exact[r:r + step] = np.einsum("qd,qcd->qc", q[r:r + step], X[cand[r:r + step]])
         pos, sc = _select(exact, idv[cand], kk)
         rows = cand[np.arange(len(q))[:, None], pos]
         dist[a:a + len(q)] = sc
@@ -191,8 +219,12 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
         if kc >= n:  # every vector was a candidate: nothing left out
             certified += len(q)
             continue
-        bound = (lowk + u * np.abs(lowk) / (1 - u) + gamma * qt_norm * xt_norm
-                 + q_err * x_norm + qt_norm * x_err)
+        # the left-out vectors' exact scores are at most ``bound``; the two float32
+        # terms cover the rounding of the re-ranked score and of a float32 search
+        q_norm = np.sqrt((q.astype(np.float64) ** 2).sum(1))
+        bound = (lowk + u * np.abs(lowk) / (1 - u) + _ETA_OUT[precision]
+                 + gamma * qt_norm * xt_norm + q_err * x_norm + qt_norm * x_err
+                 + 2 * gamma32 * q_norm * x_norm)
         ok = sc[:, kk - 1].astype(np.float64) > bound
         certified += int(ok.sum())
         if not ok.all():

@@ -45,8 +45,9 @@ def self_join_available() -> bool:
 def warm_up() -> None:
     """Compile (or load from numba's cache) the kernels now, so that the first timed
     self-join does not include it."""
-    self_knn(np.eye(3, dtype=np.float32), 1, progress=False)
-    self_knn(np.eye(3, dtype=np.float32), 1, "l2", progress=False)
+    x = np.eye(3, dtype=np.float32)
+    for metric in ("ip", "l2"):  # block 2: a diagonal block and an off-diagonal one
+        self_knn(x, 1, metric, block=2, progress=False)
 
 
 def _kernels() -> Any:
@@ -117,13 +118,17 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
         X, idv = X[order], idv[order]
     X = np.ascontiguousarray(X, dtype=np.float32)
     kk = max(0, min(k, n - 1))
+    # heaps: scores, and positions with n as "none yet" (int32 while n fits: 4 bytes less
+    # per entry; the heaps are the self-join's memory, n·k·8 bytes)
     hv = np.full((n, max(kk, 1)), -np.inf, np.float32)
-    hi = np.full((n, max(kk, 1)), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((n, max(kk, 1)), n, np.int32 if n < 2**31 - 1 else np.int64)
+    norms = (X * X).sum(1, dtype=np.float32) if metric == "l2" else None
     if kk > 0:
         if metric == "ip":
             scale, bias = np.float32(1), np.zeros(n, np.float32)
         else:  # rank by 2 x.y - |y|^2 (the row's own |x|^2 is a constant of the row)
-            scale, bias = np.float32(2), (X * X).sum(1, dtype=np.float32)
+            scale, bias = np.float32(2), norms
+        block = min(block, n)
         nb = math.ceil(n / block)
         buf = np.empty((block, block), np.float32)
         chunk = 64
@@ -134,7 +139,7 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
                 xa = X[a0:a1]
                 for bj in range(bi, nb):
                     c0, c1 = bj * block, min(n, (bj + 1) * block)
-                    S = buf[: a1 - a0, : c1 - c0] if (a1 - a0, c1 - c0) == buf.shape \
+                    S = buf if (a1 - a0, c1 - c0) == buf.shape \
                         else np.empty((a1 - a0, c1 - c0), np.float32)
                     np.matmul(xa, X[c0:c1].T, out=S)
                     kern.rows(S, a0, c0, hv, hi, kk, scale, bias[c0:c1], bi == bj)
@@ -142,21 +147,32 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
                         kern.cols(S, a0, c0, hv, hi, kk, scale, bias[a0:a1], chunk)
                     bar.update(1)
         kern.finish(hv, hi, kk)
-    dist = hv[:, :kk]
-    pos = hi[:, :kk]
-    out_ids = idv[np.minimum(pos, n - 1)] if n else pos
-    if metric == "l2":  # back to squared distances: |x|^2 + |y|^2 - 2 x.y
-        dist = (X * X).sum(1, dtype=np.float32)[:, None] - dist
-        np.maximum(dist, 0, out=dist)
-    dist = dist.astype(np.float32, copy=False)
-    if kk < k:
-        dist = np.concatenate([dist, np.full((n, k - kk), pad_value(metric), np.float32)], 1)
-        out_ids = np.concatenate([out_ids, np.full((n, k - kk), -1, np.int64)], 1)
+    dist = np.empty((n, k), np.float32)
+    out_ids = np.empty((n, k), np.int64)
+    for a in range(0, n, 65_536):  # to ids and distances in chunks (bounded temporaries)
+        b = min(a + 65_536, n)
+        pos = hi[a:b, :kk].astype(np.int64)
+        none = pos >= n  # never filled (a score that was NaN): padding, not a neighbour
+        ids_ab = np.where(none, -1, idv[np.minimum(pos, max(n - 1, 0))])
+        d = hv[a:b, :kk].copy()
+        if metric == "l2":  # back to squared distances: |x|^2 + |y|^2 - 2 x.y
+            d = norms[a:b, None] - d
+            np.maximum(d, 0, out=d)
+            # rounding can make different rank scores equal distances: keep equal
+            # distances in id order
+            tied = np.flatnonzero((d[:, 1:] == d[:, :-1]).any(axis=1)) if kk > 1 else []
+            for r in tied:
+                o = np.lexsort((ids_ab[r], d[r]))
+                d[r], ids_ab[r] = d[r, o], ids_ab[r, o]
+        d[none] = pad_value(metric)
+        dist[a:b, :kk], out_ids[a:b, :kk] = d, ids_ab
+    dist[:, kk:] = pad_value(metric)
+    out_ids[:, kk:] = -1
     if order is not None:
         inv = np.empty_like(order)
         inv[order] = np.arange(n)
         dist, out_ids = dist[inv], out_ids[inv]
-    return SearchResult(np.ascontiguousarray(dist), np.ascontiguousarray(out_ids))
+    return SearchResult(dist, out_ids)
 
 
 def _load(source: Any) -> tuple[np.ndarray, np.ndarray]:
