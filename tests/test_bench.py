@@ -287,3 +287,23 @@ def test_topk_counts_and_chunked_votes_equal_a_full_sort(rng, monkeypatch):
         o = np.argsort(-full, axis=1, kind="stable")
         assert got[k]["top1"] == int((o[:, 0] == y).sum())
         assert got[k]["top5"] == int((o[:, :5] == y[:, None]).any(axis=1).sum())
+
+
+def test_train_search_for_chosen_settings_only():
+    from faissclass.bench.config import IndexConfig
+
+    ix = IndexConfig(name="ivf", spec={"kind": "ivf", "nlist": 8},
+                     search=[{"nprobe": 1}, {"nprobe": 4}], train_search=[{"nprobe": 4}])
+    assert not ix.loo_for({"nprobe": 1}) and ix.loo_for({"nprobe": 4})
+    assert IndexConfig(name="f").loo_for({}) and not IndexConfig(
+        name="f", train_search=False).loo_for({})
+    with pytest.raises(ValueError, match=r"\{'nprobe': 2\} is not one of its search"):
+        IndexConfig(name="ivf", spec={"kind": "ivf", "nlist": 8}, search=[{"nprobe": 1}],
+                    train_search=[{"nprobe": 2}])
+    cfg = RunConfig.from_dict({"name": "x", "dataset": {"layout": "synthetic"},
+                               "indexes": [{"name": "ivf", "spec": {"kind": "ivf"},
+                                            "search": [{"nprobe": 1}, {"nprobe": 4}],
+                                            "train_search": [{"nprobe": 4}]}]})
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.indexes[0].loo_for({"nprobe": 4}) and not again.indexes[0].loo_for(
+        {"nprobe": 1})

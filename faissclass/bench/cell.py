@@ -145,7 +145,7 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
             with phases("val_search"):
                 res = index.search(Q, kmax, sp, batch_size=cfg.batch_size)
         if res is None:  # a rank other than 0 of a sharded cell: join the searches only
-            if ix.train_search:
+            if ix.loo_for(params):
                 _loo(index, sp, train, label_of, ix, knn, C, kmax, metric, phases, cfg)
             continue
         codes = label_of(res.ids)
@@ -154,7 +154,7 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
             _vote_correct(res.distances, codes, yq, C, knn, metric, val_correct)
         accuracy: dict[str, Any] = {"val": _accuracy(val_correct, len(yq))}
         recall = _val_recall(res, ix, device, reference_dir, kmax)
-        if ix.train_search:
+        if ix.loo_for(params):
             accuracy["train"], n_queries = _loo(index, sp, train, label_of, ix, knn, C, kmax,
                                                 metric, phases, cfg)
         else:
