@@ -189,5 +189,9 @@ def test_a_sharded_device_is_one_more_device_for_the_suite(tmp_path):
     run(single)
     one = next(r for r in load_records([tmp_path / "s.jsonl"])
                if r["cell"]["index"] == "flat")
+    # The same numbers by two methods: one process runs the flat train search as a
+    # self-join, the ranks as a sharded k + 1 search with each vector's own hit dropped.
+    assert flat["accuracy"]["train"].pop("method") == "search k+1"
+    assert one["accuracy"]["train"].pop("method") == "self-join"
     assert flat["accuracy"] == one["accuracy"]
     assert flat["recall"]["recall@5"] == 1.0
