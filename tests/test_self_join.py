@@ -47,14 +47,18 @@ def assert_same(got: fc.SearchResult, ref: fc.SearchResult, *, exact_ties: bool 
         np.testing.assert_allclose(true, ref.distances[r], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n,block", [(1000, 250), (1000, 333), (1000, 1000), (1000, 4096),
-                                     (997, 64)])
+@pytest.mark.parametrize("n,block,threads", [(1000, 250, None), (1000, 333, 3),
+                                             (1000, 1000, 2), (1000, 4096, None),
+                                             (997, 64, 1), (997, 100, 5)])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_equals_exact_search_without_self(rng, n, block, metric):
+def test_equals_exact_search_without_self(rng, n, block, threads, metric):
+    """Any block size (dividing n or not) and any number of selection threads (the
+    threads split each block's rows and columns, including parts shorter than a
+    column chunk)."""
     X = unit_rows(rng, n, 24) if metric == "ip" else rng.standard_normal((n, 24)).astype(
         np.float32) * 3
     for k in (1, 7, 20):
-        got = self_knn(X, k, metric, block=block, progress=False)
+        got = self_knn(X, k, metric, block=block, threads=threads, progress=False)
         assert got.ids.shape == (n, k) and got.ids.dtype == np.int64
         assert got.distances.dtype == np.float32
         assert not (got.ids == np.arange(n)[:, None]).any()  # never itself
@@ -115,6 +119,8 @@ def test_bad_input_is_refused(rng):
         self_knn(unit_rows(rng, 4, 3), 2, "cosine", progress=False)
     with pytest.raises(ValueError, match="k"):
         self_knn(unit_rows(rng, 4, 3), 0, progress=False)
+    with pytest.raises(ValueError, match="threads"):
+        self_knn(unit_rows(rng, 4, 3), 2, threads=0, progress=False)
 
 
 def test_equals_faiss_flat_self_search(rng):

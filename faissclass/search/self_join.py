@@ -30,7 +30,7 @@ from ..topk import Metric, SearchResult, check_metric, pad_value
 
 __all__ = ["self_join_available", "self_knn", "warm_up"]
 
-DEFAULT_BLOCK = 2048
+DEFAULT_BLOCK = 1024
 
 
 def self_join_available() -> bool:
@@ -63,7 +63,8 @@ def _kernels() -> Any:
 
 
 def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
-             block: int = DEFAULT_BLOCK, progress: bool | None = None) -> SearchResult:
+             block: int = DEFAULT_BLOCK, threads: int | None = None,
+             progress: bool | None = None) -> SearchResult:
     """Each vector's k nearest *other* vectors of the same set, exactly, with half the
     arithmetic of searching the set in itself.
 
@@ -79,7 +80,11 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
         Each row's id (default: the row number; a store's own ids for a store).
         Equal scores are ordered by smaller id, and the row itself is left out.
     block : int
-        Rows per block; one (block, block) float32 product is held at a time.
+        Rows per block; one (block, block) float32 product is held at a time (the
+        default keeps it in the CPU's caches while it is selected from).
+    threads : int, optional
+        Threads of the selection (default: the cores this process may run on). The
+        GEMM uses NumPy's BLAS threads, as they are set.
     progress : bool, optional
         tqdm bar over the block pairs (default: on a terminal, rank 0).
 
@@ -96,6 +101,7 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
 
     k = check_int(k, "k")
     block = check_int(block, "block")
+    nthreads = _threads(threads)
     metric = check_metric(metric)
     if hasattr(vectors, "iter_batches") and not isinstance(vectors, np.ndarray):
         X, idv = _load(vectors)
@@ -131,9 +137,9 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
         block = min(block, n)
         nb = math.ceil(n / block)
         buf = np.empty((block, block), np.float32)
-        chunk = 64
-        with tqdm(total=nb * (nb + 1) // 2, unit="block", desc="self-join",
-                  disable=not show_progress(progress)) as bar:
+        with _Workers(nthreads) as run, \
+                tqdm(total=nb * (nb + 1) // 2, unit="block", desc="self-join",
+                     disable=not show_progress(progress)) as bar:
             for bi in range(nb):
                 a0, a1 = bi * block, min(n, (bi + 1) * block)
                 xa = X[a0:a1]
@@ -142,11 +148,11 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
                     S = buf if (a1 - a0, c1 - c0) == buf.shape \
                         else np.empty((a1 - a0, c1 - c0), np.float32)
                     np.matmul(xa, X[c0:c1].T, out=S)
-                    kern.rows(S, a0, c0, hv, hi, kk, scale, bias[c0:c1], bi == bj)
-                    if bj != bi:
-                        kern.cols(S, a0, c0, hv, hi, kk, scale, bias[a0:a1], chunk)
+                    # Rows of block I and rows of block J are different heaps: each
+                    # worker takes a share of both directions.
+                    run(_pair_work(kern, S, a0, c0, hv, hi, kk, scale, bias, bi == bj))
                     bar.update(1)
-        kern.finish(hv, hi, kk)
+            run(lambda t, nt: kern.finish(hv, hi, kk, *_share(n, t, nt)))
     dist = np.empty((n, k), np.float32)
     out_ids = np.empty((n, k), np.int64)
     for a in range(0, n, 65_536):  # to ids and distances in chunks (bounded temporaries)
@@ -173,6 +179,70 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
         inv[order] = np.arange(n)
         dist, out_ids = dist[inv], out_ids[inv]
     return SearchResult(dist, out_ids)
+
+
+_CHUNK = 64  # columns per chunk of the column pass
+
+
+def _share(m: int, t: int, nt: int, align: int = 1) -> tuple[int, int]:
+    """Worker t's part [a, b) of range(m) in nt parts (boundaries multiples of align)."""
+    step = -(-m // (nt * align)) * align
+    return min(m, t * step), min(m, (t + 1) * step)
+
+
+def _pair_work(kern: Any, S: np.ndarray, a0: int, c0: int, hv: np.ndarray,
+               hi: np.ndarray, k: int, scale: Any, bias: np.ndarray, diag: bool) -> Any:
+    nr, nc = S.shape
+    colbias, rowbias = bias[c0:c0 + nc], bias[a0:a0 + nr]
+
+    def work(t: int, nt: int) -> None:
+        kern.rows(S, a0, c0, hv, hi, k, scale, colbias, diag, *_share(nr, t, nt))
+        if not diag:
+            kern.cols(S, a0, c0, hv, hi, k, scale, rowbias, _CHUNK,
+                      *_share(nc, t, nt, _CHUNK))
+    return work
+
+
+class _Workers:
+    """Run work(t, nt) for t in range(nt) on nt threads (the caller's is one) and wait.
+
+    The compiled kernels release the GIL. Idle workers sleep on a queue, so the cores
+    are the GEMM's between blocks."""
+
+    def __init__(self, nt: int) -> None:
+        self.nt = nt
+        self.pool: Any = None
+
+    def __enter__(self) -> Any:
+        if self.nt > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.nt - 1, thread_name_prefix="self-join")
+        return self
+
+    def __call__(self, work: Any) -> None:
+        futures = [self.pool.submit(work, t, self.nt) for t in range(1, self.nt)] \
+            if self.pool is not None else []
+        try:
+            work(0, self.nt)
+        finally:
+            for f in futures:
+                f.result()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        import os
+
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+    return check_int(threads, "threads")
 
 
 def _load(source: Any) -> tuple[np.ndarray, np.ndarray]:
