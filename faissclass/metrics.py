@@ -171,8 +171,11 @@ def recall_at_k(result: Any, reference: Any, k: int | None = None) -> float:
     if k < 1 or k > G.shape[1] or k > R.shape[1]:
         raise ValueError(f"k={k} must be in 1..{min(R.shape[1], G.shape[1])}")
     R, G = R[:, :k], G[:, :k]
-    hits = (R[:, :, None] == G[:, None, :]) & (G[:, None, :] >= 0)
-    found = hits.any(axis=1).sum(axis=1)
+    found = np.empty(R.shape[0], np.int64)
+    step = max(1, 2**24 // (k * k))  # (step, k, k) comparisons at a time: <= 16 MB
+    for a in range(0, R.shape[0], step):
+        g = G[a:a + step, None, :]
+        found[a:a + step] = ((R[a:a + step, :, None] == g) & (g >= 0)).any(axis=1).sum(1)
     denom = (G >= 0).sum(axis=1)
     ok = denom > 0
     return float(np.mean(found[ok] / denom[ok])) if ok.any() else 1.0

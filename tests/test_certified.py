@@ -7,7 +7,7 @@ import pytest
 from conftest import unit_rows
 
 import faissclass as fc
-from faissclass.search.certified import certified_search, lowp_supported
+from faissclass.search.certified import certified_search, certified_self_knn, lowp_supported
 from faissclass.topk import exact_search
 
 pytest.importorskip("torch")
@@ -140,3 +140,63 @@ def test_an_empty_database(rng):
     index = fc.VectorIndex(4)
     res = index.search(Q, 3, fc.SearchParams(precision="bf16"))
     np.testing.assert_array_equal(res.ids, index.search(Q, 3).ids)
+
+
+# ---------------------------------------------------------------- certified self-join
+
+def _loo(X: np.ndarray, k: int, ids: np.ndarray | None = None) -> fc.SearchResult:
+    """Leave-one-out reference: exact_search of X in X over all n, own id removed."""
+    n = X.shape[0]
+    idv = np.arange(n) if ids is None else ids
+    e = exact_search(X, X, n, ids=idv)
+    keep = e.ids != idv[:, None]
+    return fc.SearchResult(e.distances[keep].reshape(n, n - 1)[:, :k],
+                           e.ids[keep].reshape(n, n - 1)[:, :k])
+
+
+@pytest.mark.parametrize("block,threads", [(256, None), (300, 1), (1000, 3), (4096, 2)])
+def test_certified_self_join_equals_leave_one_out_search(block, threads):
+    from faissclass.data.synthetic import synthetic_batches
+
+    X = next(synthetic_batches(3000, 48, 30, noise=2.0, seed=1, split=0))[0]
+    for k in (1, 10):
+        got, stats = certified_self_knn(X, k, block=block, threads=threads, progress=False)
+        assert not (got.ids == np.arange(3000)[:, None]).any()  # never itself
+        assert_exact(got, _loo(X, k), X, X)
+        assert stats.queries == 3000 and stats.certified + stats.fallback == 3000
+        assert stats.rate > 0.9, stats  # well-separated data: the proof goes through
+
+
+def test_certified_self_join_near_ties_fall_back_and_stay_exact(rng):
+    """300 vectors whose scores against a probe row differ by 1e-5: the probe rows'
+    10th place cannot be certified in bf16; they fall back to float32, exactly."""
+    d = 32
+    base = unit_rows(rng, 1500, d) * 0.1
+    near = np.zeros((300, d), np.float32)
+    near[:, 0] = 0.5 + 1e-5 * rng.permutation(300)
+    near[:, 8:] = rng.standard_normal((300, d - 8)).astype(np.float32) * 0.01
+    probes = np.zeros((4, d), np.float32)
+    probes[:, 0] = 1
+    probes[:, 1] = np.arange(4) * 1e-3
+    X = np.concatenate([base, near, probes])
+    got, stats = certified_self_knn(X, 10, candidates=40, block=512, progress=False)
+    assert stats.fallback >= 4, stats
+    assert_exact(got, _loo(X, 10), X, X)
+
+
+def test_certified_self_join_ties_ids_and_small_sets(rng):
+    # small integers are exact in bf16: exact scores, exact ties in id order
+    X = rng.integers(-2, 3, (1200, 8)).astype(np.float32)
+    ids = rng.permutation(10**6)[:1200]
+    got, _ = certified_self_knn(X, 7, ids=ids, block=250, candidates=60, progress=False)
+    ref = _loo(X, 7, ids)
+    np.testing.assert_array_equal(got.ids, ref.ids)
+    np.testing.assert_array_equal(got.distances, ref.distances)
+    # every other vector a candidate (and k above n - 1): the float32 self-join, padded
+    Y = unit_rows(rng, 12, 4)
+    got, stats = certified_self_knn(Y, 20, progress=False)
+    assert got.ids.shape == (12, 20) and (got.ids[:, 11:] == -1).all()
+    assert_exact(fc.SearchResult(got.distances[:, :11], got.ids[:, :11]), _loo(Y, 11), Y, Y)
+    assert stats.certified == 12
+    with pytest.raises(ValueError, match="precision must be one of"):
+        certified_self_knn(Y, 2, precision="int8")

@@ -153,7 +153,7 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
             val_correct = {k: {"top1": 0, "top5": 0} for k in ks}
             _vote_correct(res.distances, codes, yq, C, knn, metric, val_correct)
         accuracy: dict[str, Any] = {"val": _accuracy(val_correct, len(yq))}
-        recall = _val_recall(res, ix, device, reference_dir, kmax)
+        recall = _val_recall(res, ix, device, reference_dir, kmax, knn.ks)
         if ix.loo_for(params):
             accuracy["train"], n_queries = _loo(index, sp, train, label_of, ix, knn, C, kmax,
                                                 metric, phases, cfg)
@@ -197,7 +197,7 @@ def _gemm_ceiling(Q: np.ndarray, train: EmbeddingStore, phases: Phases, kmax: in
 
 
 def _val_recall(res: Any, ix: IndexConfig, device: str, reference_dir: Path | None,
-                kmax: int) -> dict[str, Any]:
+                kmax: int, ks: Any = ()) -> dict[str, Any]:
     """Recall against exact search: the flat cell saves its ids as the reference."""
     from ..topk import SearchResult
 
@@ -218,8 +218,11 @@ def _val_recall(res: Any, ix: IndexConfig, device: str, reference_dir: Path | No
     zero = np.zeros(ids.shape, np.float32)
     r = SearchResult(zero, res.ids)
     g = SearchResult(zero, ids)
-    return {"reference": "flat (exact)", "recall@1": recall_at_k(r, g, 1),
-            f"recall@{kmax}": recall_at_k(r, g, kmax)}
+    out = {"reference": "flat (exact)", "recall@1": recall_at_k(r, g, 1),
+           f"recall@{kmax}": recall_at_k(r, g, kmax)}
+    for k in sorted(ks):  # every k of the vote (the report shows recall@kmax)
+        out.setdefault(f"recall@{k}", recall_at_k(r, g, k))
+    return out
 
 
 def _loo(index: Any, sp: Any, train: EmbeddingStore, label_of: _Labels, ix: IndexConfig,

@@ -1,6 +1,7 @@
-"""The compiled selection kernels of :mod:`faissclass.search.self_join` (numba).
+"""The compiled selection kernels of :mod:`faissclass.search.self_join` and of the
+certified low-precision search (numba).
 
-Imported only when a self-join runs; compiled once and cached on disk by numba.
+Imported only when one of them runs; compiled once and cached on disk by numba.
 Heaps hold a row's k best (score, position) pairs with the *worst* on top, so the
 top is the threshold a new score must beat; equal scores rank by smaller position.
 """
@@ -8,7 +9,7 @@ top is the threshold a new score must beat; equal scores rank by smaller positio
 import numpy as np
 from numba import njit
 
-__all__ = ["cols", "finish", "rows"]
+__all__ = ["cols", "dots", "finish", "lowp_cols", "lowp_rows", "rows"]
 
 
 @njit(inline="always", cache=True)
@@ -101,6 +102,85 @@ def cols(S, r0, c0, hv, hi, k, scale, rowbias, chunk, ca, cb):
                     _replace_top(hv[c0 + a + c], hi[c0 + a + c], k, s, r0 + r)
                     tops[c] = hv[c0 + a + c, 0]
                     topis[c] = hi[c0 + a + c, 0]
+
+
+@njit(inline="always", cache=True)
+def _key(x):
+    # the bits of a bf16/fp16 number (as int16) -> an int32 in the numbers' order:
+    # sign-magnitude to offset binary (positive: top bit set; negative: all bits flipped)
+    u = np.int32(x) & 0xFFFF
+    return u ^ 0x8000 if u < 0x8000 else 0xFFFF - u
+
+
+@njit(nogil=True, cache=True)
+def lowp_rows(S16, r0, c0, hk, hi, k, diag, ra, rb):
+    # Rows ra..rb of a low-precision product (its bits as int16; heap rows r0 + r) into
+    # heaps of k order keys (see _key) and positions c0 + c: the rows kernel on keys.
+    nc = S16.shape[1]
+    for r in range(ra, rb):
+        v = hk[r0 + r]
+        ii = hi[r0 + r]
+        top = v[0]
+        topi = ii[0]
+        own = r if diag else -1
+        row = S16[r]
+        for a in range(0, nc, _SEG):
+            b = min(a + _SEG, nc)
+            seg = row[a:b]
+            hits = 0
+            for c in range(b - a):
+                hits += _key(seg[c]) >= top
+            if hits == 0:
+                continue
+            for c in range(b - a):
+                kx = _key(seg[c])
+                if kx >= top and a + c != own and (kx > top or c0 + a + c < topi):
+                    _replace_top(v, ii, k, kx, c0 + a + c)
+                    top = v[0]
+                    topi = ii[0]
+
+
+@njit(nogil=True, cache=True)
+def lowp_cols(S16, r0, c0, hk, hi, k, chunk, ca, cb):
+    # Columns ca..cb of a low-precision product (heap rows c0 + c) see its rows
+    # (positions r0 + r): the cols kernel on keys.
+    nr = S16.shape[0]
+    tops = np.empty(chunk, hk.dtype)
+    topis = np.empty(chunk, hi.dtype)
+    for a in range(ca, cb, chunk):
+        b = min(a + chunk, cb)
+        w = b - a
+        for c in range(w):
+            tops[c] = hk[c0 + a + c, 0]
+            topis[c] = hi[c0 + a + c, 0]
+        for r in range(nr):
+            row = S16[r, a:b]
+            hits = 0
+            for c in range(w):
+                hits += _key(row[c]) >= tops[c]
+            if hits == 0:
+                continue
+            for c in range(w):
+                kx = _key(row[c])
+                if kx >= tops[c] and (kx > tops[c] or r0 + r < topis[c]):
+                    _replace_top(hk[c0 + a + c], hi[c0 + a + c], k, kx, r0 + r)
+                    tops[c] = hk[c0 + a + c, 0]
+                    topis[c] = hi[c0 + a + c, 0]
+
+
+@njit(fastmath={"reassoc", "nsz", "contract"}, nogil=True, cache=True)
+def dots(Q, X, cand, out, ra, rb):
+    # out[r, j] = Q[r] . X[cand[r, j]] in float32 (any summation order: the certificate's
+    # float32 term bounds its rounding), without gathering the candidates first
+    d = Q.shape[1]
+    for r in range(ra, rb):
+        q = Q[r]
+        for j in range(cand.shape[1]):
+            x = X[cand[r, j]]
+            s = np.float32(0)
+            for i in range(d):
+                s += q[i] * x[i]
+            out[r, j] = s
 
 
 @njit(nogil=True, cache=True)

@@ -95,34 +95,13 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
         smaller id: the result of :func:`~faissclass.topk.exact_search` of the set in
         itself with each row's own hit removed.
     """
-    from tqdm.auto import tqdm
-
-    from ..distributed import show_progress
-
     k = check_int(k, "k")
     block = check_int(block, "block")
     nthreads = _threads(threads)
     metric = check_metric(metric)
-    if hasattr(vectors, "iter_batches") and not isinstance(vectors, np.ndarray):
-        X, idv = _load(vectors)
-        if ids is not None:
-            idv = np.asarray(ids, np.int64)
-    else:
-        X = check_finite_embeddings(vectors, dim=None, name="vectors")
-        idv = (np.arange(X.shape[0], dtype=np.int64) if ids is None
-               else np.asarray(ids, np.int64))
+    X, idv, order = _prepare(vectors, ids)
     n = X.shape[0]
-    if idv.shape != (n,):
-        raise ValueError(f"ids must have one id per row ({n}); got shape {idv.shape}")
     kern = _kernels()
-    # Ties go to the smaller id and the kernels compare positions: work in id order.
-    order = None
-    if n > 1 and not bool(np.all(idv[1:] > idv[:-1])):
-        order = np.argsort(idv, kind="stable")
-        if np.any(idv[order][1:] == idv[order][:-1]):
-            raise ValueError("ids must be unique")
-        X, idv = X[order], idv[order]
-    X = np.ascontiguousarray(X, dtype=np.float32)
     kk = max(0, min(k, n - 1))
     # heaps: scores, and positions with n as "none yet" (int32 while n fits: 4 bytes less
     # per entry; the heaps are the self-join's memory, n·k·8 bytes)
@@ -135,23 +114,13 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
         else:  # rank by 2 x.y - |y|^2 (the row's own |x|^2 is a constant of the row)
             scale, bias = np.float32(2), norms
         block = min(block, n)
-        nb = math.ceil(n / block)
         buf = np.empty((block, block), np.float32)
-        with _Workers(nthreads) as run, \
-                tqdm(total=nb * (nb + 1) // 2, unit="block", desc="self-join",
-                     disable=not show_progress(progress)) as bar:
-            for bi in range(nb):
-                a0, a1 = bi * block, min(n, (bi + 1) * block)
-                xa = X[a0:a1]
-                for bj in range(bi, nb):
-                    c0, c1 = bj * block, min(n, (bj + 1) * block)
-                    S = buf if (a1 - a0, c1 - c0) == buf.shape \
-                        else np.empty((a1 - a0, c1 - c0), np.float32)
-                    np.matmul(xa, X[c0:c1].T, out=S)
-                    # Rows of block I and rows of block J are different heaps: each
-                    # worker takes a share of both directions.
-                    run(_pair_work(kern, S, a0, c0, hv, hi, kk, scale, bias, bi == bj))
-                    bar.update(1)
+        with _Workers(nthreads) as run, _bar(n, block, progress) as bar:
+            for a0, c0, S in _products(X, block, buf, _matmul):
+                # Rows of block I and rows of block J are different heaps: each worker
+                # takes a share of both directions.
+                run(_pair_work(kern, S, a0, c0, hv, hi, kk, scale, bias, a0 == c0))
+                bar.update(1)
             run(lambda t, nt: kern.finish(hv, hi, kk, *_share(n, t, nt)))
     dist = np.empty((n, k), np.float32)
     out_ids = np.empty((n, k), np.int64)
@@ -174,11 +143,68 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
         dist[a:b, :kk], out_ids[a:b, :kk] = d, ids_ab
     dist[:, kk:] = pad_value(metric)
     out_ids[:, kk:] = -1
-    if order is not None:
-        inv = np.empty_like(order)
-        inv[order] = np.arange(n)
-        dist, out_ids = dist[inv], out_ids[inv]
-    return SearchResult(dist, out_ids)
+    return _unpermute(SearchResult(dist, out_ids), order)
+
+
+def _prepare(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(X float32 (n, d) C-contiguous, ids (n,), the permutation to id order or None).
+
+    Ties go to the smaller id and the kernels compare positions: the joins work in id
+    order, and :func:`_unpermute` puts the result back in the caller's row order."""
+    if hasattr(vectors, "iter_batches") and not isinstance(vectors, np.ndarray):
+        X, idv = _load(vectors)
+        if ids is not None:
+            idv = np.asarray(ids, np.int64)
+    else:
+        X = check_finite_embeddings(vectors, dim=None, name="vectors")
+        idv = (np.arange(X.shape[0], dtype=np.int64) if ids is None
+               else np.asarray(ids, np.int64))
+    n = X.shape[0]
+    if idv.shape != (n,):
+        raise ValueError(f"ids must have one id per row ({n}); got shape {idv.shape}")
+    order = None
+    if n > 1 and not bool(np.all(idv[1:] > idv[:-1])):
+        order = np.argsort(idv, kind="stable")
+        if np.any(idv[order][1:] == idv[order][:-1]):
+            raise ValueError("ids must be unique")
+        X, idv = X[order], idv[order]
+    return np.ascontiguousarray(X, dtype=np.float32), idv, order
+
+
+def _unpermute(res: SearchResult, order: np.ndarray | None) -> SearchResult:
+    if order is None:
+        return res
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.size)
+    return SearchResult(res.distances[inv], res.ids[inv])
+
+
+def _bar(n: int, block: int, progress: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    from ..distributed import show_progress
+
+    nb = math.ceil(n / block)
+    return tqdm(total=nb * (nb + 1) // 2, unit="block", desc="self-join",
+                disable=not show_progress(progress))
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    return np.matmul(a, b, out=out)
+
+
+def _products(X: Any, block: int, buf: Any, matmul: Any) -> Any:
+    """Yield (a0, c0, X[a0:a1] @ X[c0:c1].T) for every pair of row blocks J >= I, the
+    product in ``buf`` where it fits (``matmul(a, b, out)`` returns it)."""
+    n = X.shape[0]
+    nb = math.ceil(n / block)
+    for bi in range(nb):
+        a0, a1 = bi * block, min(n, (bi + 1) * block)
+        xa = X[a0:a1]
+        for bj in range(bi, nb):
+            c0, c1 = bj * block, min(n, (bj + 1) * block)
+            full = buf is not None and (a1 - a0, c1 - c0) == tuple(buf.shape)
+            yield a0, c0, matmul(xa, X[c0:c1].T, buf if full else None)
 
 
 _CHUNK = 64  # columns per chunk of the column pass
