@@ -307,3 +307,24 @@ def test_train_search_for_chosen_settings_only():
     again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again.indexes[0].loo_for({"nprobe": 4}) and not again.indexes[0].loo_for(
         {"nprobe": 1})
+
+
+def test_the_synthetic_generator_knobs_reach_the_stores(tmp_path):
+    from faissclass.bench.runner import prepare_data
+
+    def cfg(sep):
+        return RunConfig.from_dict({
+            "name": "g", "work_dir": str(tmp_path / "w"),
+            "dataset": {"layout": "synthetic", "n_train": 500, "n_val": 100, "dim": 16,
+                        "classes": 5, "noise": 0.2, "latent": 4, "modes": 2,
+                        "separation": sep}})
+    train, val, _ = prepare_data(cfg(1.2))
+    for path in (train, val):
+        gen = fc.EmbeddingStore(path).metadata["generator"]
+        assert (gen["latent"], gen["modes"], gen["separation"]) == (4, 2, 1.2)
+    # another generator: other stores, never a resume of these
+    train2, _, _ = prepare_data(cfg(2.0))
+    assert train2 != train and fc.EmbeddingStore(train2).metadata["generator"]["separation"] == 2.0
+    with pytest.raises(ValueError, match="latent"):
+        RunConfig.from_dict({"name": "g", "dataset": {"layout": "synthetic", "dim": 8,
+                                                      "latent": 9}})

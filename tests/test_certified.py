@@ -200,3 +200,21 @@ def test_certified_self_join_ties_ids_and_small_sets(rng):
     assert stats.certified == 12
     with pytest.raises(ValueError, match="precision must be one of"):
         certified_self_knn(Y, 2, precision="int8")
+
+
+def test_a_flat_index_self_join_with_a_precision(rng):
+    X = unit_rows(rng, 3000, 32)
+    ids = rng.permutation(10**5)[:3000]
+    index = fc.VectorIndex(32)
+    index.add(X, ids)
+    ref_ids, ref = index.self_knn(10)
+    assert index.last_certified is None
+    got_ids, got = index.self_knn(10, precision="bf16")
+    np.testing.assert_array_equal(got_ids, ref_ids)
+    np.testing.assert_array_equal(ref_ids, ids)  # result row i: the vector added i-th
+    assert_exact(got, ref, X, X, ids)
+    assert index.last_certified.queries == 3000 and index.last_certified.rate > 0.9
+    l2 = fc.VectorIndex(32, fc.IndexSpec(metric="l2"))
+    l2.add(X)
+    with pytest.raises(ValueError, match="applies to flat inner-product"):
+        l2.self_knn(5, precision="bf16")

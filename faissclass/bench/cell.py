@@ -238,14 +238,19 @@ def _loo(index: Any, sp: Any, train: EmbeddingStore, label_of: _Labels, ix: Inde
 
         warm_up()  # numba's compilation is not the search's time
         t = phases.begin("train_search")
-        ids, res = index.self_knn(kmax, progress=False)
+        ids, res = index.self_knn(kmax, progress=False, precision=sp.precision)
         phases.end("train_search", t)
         for a in range(0, ids.size, _QUERY_BATCH):  # labels in batches: bounded temporaries
             b = a + _QUERY_BATCH
             _vote_correct(res.distances[a:b], label_of(res.ids[a:b]), label_of(ids[a:b]), C,
                           knn, metric, correct)
+        cert = index.last_certified
+        extra = {} if cert is None else {
+            "method": f"certified {cert.precision} self-join",
+            "certified": {"queries": cert.queries, "certified": cert.certified,
+                          "candidates": cert.candidates}}
         return {**_accuracy(correct, ids.size), "queries": int(ids.size), "fraction": 1.0,
-                "method": "self-join"}, int(ids.size)
+                "method": "self-join", **extra}, int(ids.size)
     total = 0
     first = True
     for x, y, qids in _loo_batches(train, ix.train_fraction, cfg.dataset.seed, _QUERY_BATCH):

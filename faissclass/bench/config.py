@@ -69,7 +69,10 @@ class DatasetConfig:
     the run), ``"stores"`` (``train_store`` / ``val_store`` already embedded), or
     ``"synthetic"`` (ImageNet-shaped vectors, no images: the embed phase is skipped).
     ``fraction`` < 1 keeps a seeded stratified subset of the train split (ImageNet
-    10%: 0.1).
+    10%: 0.1). ``noise``, ``latent``, ``modes``, ``separation``, ``mode_spread``: the
+    synthetic generator's knobs (see :func:`faissclass.data.synthetic.synthetic_batches`;
+    ``latent = 0`` is isotropic noise, which no approximate index handles like real
+    embeddings).
     """
 
     layout: str = "synthetic"
@@ -87,6 +90,10 @@ class DatasetConfig:
     dim: int = 384
     classes: int = 1000
     noise: float = 4.0
+    latent: int = 0
+    modes: int = 1
+    separation: float = 2.0
+    mode_spread: float = 1.0
 
     def __post_init__(self) -> None:
         from ..data import LAYOUTS
@@ -99,6 +106,20 @@ class DatasetConfig:
         for name in ("n_train", "n_val", "dim", "classes"):
             check_int(getattr(self, name), f"dataset.{name}")
         check_positive_float(self.noise, "dataset.noise")
+        check_int(self.latent, "dataset.latent", min_value=0, max_value=int(self.dim))
+        check_int(self.modes, "dataset.modes")
+        check_positive_float(self.separation, "dataset.separation")
+        check_positive_float(self.mode_spread, "dataset.mode_spread")
+
+    @property
+    def generator(self) -> dict[str, Any]:
+        """The synthetic generator's parameters (keyword arguments of
+        :func:`faissclass.data.synthetic.synthetic_batches`)."""
+        g: dict[str, Any] = {"noise": float(self.noise), "seed": int(self.seed)}
+        if self.latent:
+            g.update(latent=int(self.latent), modes=int(self.modes),
+                     separation=float(self.separation), mode_spread=float(self.mode_spread))
+        return g
 
     @property
     def label(self) -> str:

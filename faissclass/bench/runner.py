@@ -51,6 +51,14 @@ def _store_dir(cfg: RunConfig) -> Path:
     label = cfg.dataset.label
     if cfg.dataset.layout not in ("synthetic", "stores"):
         label += f"-{cfg.model.name}"
+    if cfg.dataset.layout == "synthetic" and cfg.dataset.latent:
+        # another generator is another store (the isotropic one keeps its old folder)
+        import hashlib
+
+        ds = cfg.dataset
+        key = json.dumps([ds.n_train, ds.n_val, ds.dim, ds.classes, ds.generator],
+                         sort_keys=True)
+        label += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
     return Path(cfg.work_dir) / "stores" / label
 
 
@@ -92,8 +100,8 @@ def prepare_data(cfg: RunConfig) -> tuple[Path, Path, list[dict[str, Any]]]:
         train, val = base / "train", base / "val"
         if dist.is_main():
             for path, n, split in ((train, ds.n_train, 0), (val, ds.n_val, 1)):
-                write_synthetic_store(path, n, ds.dim, ds.classes, noise=ds.noise,
-                                      seed=ds.seed, split=split, fsync=False)
+                write_synthetic_store(path, n, ds.dim, ds.classes, split=split,
+                                      fsync=False, **ds.generator)
         dist.barrier()
     else:
         train, val, embed_records = _embed(cfg, base)

@@ -497,14 +497,17 @@ class VectorIndex:
             self.ntotal, self.dim) if self.ntotal else np.empty((0, self.dim), np.float32)
         return xb, self._positions()
 
-    def self_knn(self, k: int, *, block: int | None = None, progress: bool | None = None
-                 ) -> tuple[np.ndarray, SearchResult]:
+    def self_knn(self, k: int, *, block: int | None = None, progress: bool | None = None,
+                 precision: str | None = None) -> tuple[np.ndarray, SearchResult]:
         """Leave-one-out exact search: each stored vector's k nearest *other* stored
         vectors, by the symmetric self-join (half the arithmetic of searching the
         index with its own vectors; see :mod:`faissclass.search.self_join`).
 
         Flat indexes on CPU only (others raise NotImplementedError; search them with
-        k + 1 and drop each query's own id).
+        k + 1 and drop each query's own id). ``precision`` as in :class:`SearchParams`:
+        "bf16"/"fp16" (inner product) run the certified low-precision self-join
+        (:func:`~faissclass.search.certified_self_knn`; its statistics in
+        ``last_certified``), "auto" does so where the CPU multiplies bf16 natively.
 
         Returns
         -------
@@ -519,7 +522,19 @@ class VectorIndex:
         if not self._flat_cpu():
             raise NotImplementedError(f"self_knn needs a flat index on CPU; this one is "
                                       f"{self.spec.factory_string(self.dim)!r} on {self.device}")
+        lowp = self._low_precision(SearchParams(precision=precision))
+        if lowp is not None and self.metric != "ip":
+            raise ValueError(f"precision={precision!r} applies to flat inner-product "
+                             f"indexes; this one is {self.metric}")
         xb, ids = self._stored()
+        self.last_certified = None
+        if lowp is not None:
+            from ..search.certified import certified_self_knn
+
+            res, self.last_certified = certified_self_knn(
+                xb, k, precision=lowp, ids=ids, block=block or DEFAULT_BLOCK,
+                progress=progress)
+            return ids, res
         res = self_knn(xb, k, self.metric, ids=ids, block=block or DEFAULT_BLOCK,
                        progress=progress)
         return ids, res
