@@ -24,6 +24,8 @@ from faissclass.bench import environment, markdown_table, median, save_record
 from faissclass.search.certified import certified_search, lowp_supported
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+# the generator of benchmarks/configs/synthetic-imagenet.toml
+SYNTHETIC = {"noise": 0.2, "latent": 16, "modes": 2, "separation": 1.2, "mode_spread": 0.8}
 
 
 def faiss_flat(index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,10 +79,10 @@ def main() -> None:
         from faissclass.data.synthetic import synthetic_batches
 
         X = np.concatenate([x for x, _ in synthetic_batches(
-            args.n, args.dim, 1000, noise=3.4, seed=0, split=0)])
+            args.n, args.dim, 1000, seed=0, split=0, **SYNTHETIC)])
         Q = np.concatenate([x for x, _ in synthetic_batches(
-            args.nq, args.dim, 1000, noise=3.4, seed=0, split=1)])
-        source = "synthetic (1,000 classes, noise 3.4)"
+            args.nq, args.dim, 1000, seed=0, split=1, **SYNTHETIC)])
+        source = f"synthetic ImageNet-like (1,000 classes, {SYNTHETIC})"
     n, d = X.shape
     gemm = gemm_gflops(d)
     index = faiss.IndexFlatIP(d)

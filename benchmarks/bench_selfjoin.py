@@ -24,6 +24,8 @@ from faissclass.bench import environment, markdown_table, median, save_record
 from faissclass.search.self_join import self_knn, warm_up
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+# the generator of benchmarks/configs/synthetic-imagenet.toml
+SYNTHETIC = {"noise": 0.2, "latent": 16, "modes": 2, "separation": 1.2, "mode_spread": 0.8}
 
 
 def faiss_loo(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +66,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[2048])
     ap.add_argument("--store", help="an embedding store (real embeddings) instead of "
                                     "synthetic ImageNet-like vectors")
+    ap.add_argument("--precision", nargs="*", default=["bf16"], choices=["bf16", "fp16"],
+                    help="also time the certified low-precision self-join in these "
+                         "(none: --precision with no value)")
     args = ap.parse_args()
     if args.store:
         import faissclass as fc
@@ -75,15 +80,22 @@ def main() -> None:
         from faissclass.data.synthetic import synthetic_batches
 
         X = np.concatenate([x for x, _ in synthetic_batches(
-            args.n, args.dim, 1000, noise=3.4, seed=0, split=0)])
-        source = "synthetic (1,000 classes, noise 3.4)"
+            args.n, args.dim, 1000, seed=0, split=0, **SYNTHETIC)])
+        source = f"synthetic ImageNet-like (1,000 classes, {SYNTHETIC})"
     n, d = X.shape
     warm_up()
+    if args.precision:
+        from faissclass.search.certified import certified_self_knn
+
+        certified_self_knn(X[:3000], 5, progress=False)  # compile, and torch's set-up
     gemm = gemm_gflops(d)
     full_flop = 2.0 * n * n * d
     times: dict[str, list[float]] = {"faiss k+1": []}
     for b in args.blocks:
         times[f"self-join block {b}"] = []
+    for p in args.precision:
+        times[f"certified {p} self-join"] = []
+    stats = {}
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for rep in range(args.repeats):
         names = list(times) if rep % 2 == 0 else list(times)[::-1]  # alternate
@@ -91,6 +103,10 @@ def main() -> None:
             t = time.perf_counter()
             if name == "faiss k+1":
                 res = faiss_loo(X, args.k)
+            elif name.startswith("certified"):
+                r, stats[name] = certified_self_knn(X, args.k, precision=name.split()[1],
+                                                    progress=False)
+                res = (r.distances, r.ids)
             else:
                 r = self_knn(X, args.k, block=int(name.rsplit(" ", 1)[1]), progress=False)
                 res = (r.distances, r.ids)
@@ -115,6 +131,8 @@ def main() -> None:
                      "ids equal to faiss": round(same, 6),
                      "rows with other ids": int(diff.size),
                      "wrong neighbours": bad,
+                     "certified": (f"{stats[name].certified:,}/{stats[name].queries:,}"
+                                   if name in stats else "–"),
                      "max |Δdist|": float(np.abs(D - D0).max())})
     print(f"{n:,} x {d}, k={args.k}, {source}; float32 GEMM ceiling {gemm:.0f} GFLOP/s")
     print(markdown_table(rows))

@@ -328,3 +328,19 @@ def test_the_synthetic_generator_knobs_reach_the_stores(tmp_path):
     with pytest.raises(ValueError, match="latent"):
         RunConfig.from_dict({"name": "g", "dataset": {"layout": "synthetic", "dim": 8,
                                                       "latent": 9}})
+
+
+def test_the_linear_probe_counts_chunk_by_chunk_like_a_plain_argsort():
+    pytest.importorskip("torch")
+    from faissclass.bench.config import LinearConfig
+    from faissclass.bench.linear import LinearProbe
+    from faissclass.data.synthetic import clustered
+
+    X, y, Q, yq = clustered(2000, 16, 12, noise=1.0, seed=2, n_queries=300,
+                            query_labels=True)
+    probe = LinearProbe(LinearConfig(epochs=20)).fit(X, y, 12)
+    s = probe.scores(Q)
+    order = np.lexsort((np.broadcast_to(np.arange(12), s.shape), -s), axis=1)  # ties: class
+    ref = {n: int((order[:, :n] == yq[:, None]).any(axis=1).sum()) for n in (1, 5)}
+    assert probe.correct(Q, yq, chunk=7) == ref == probe.correct(Q, yq)
+    assert ref[1] / 300 > 0.5  # trained

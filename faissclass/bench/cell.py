@@ -332,16 +332,14 @@ def run_linear(cfg: RunConfig, device: str, train: EmbeddingStore, val: Embeddin
     C = len(train.classes) if train.classes is not None else int(y.max()) + 1
     with phases("fit"):
         probe = LinearProbe(cfg.linear, device=device).fit(X, y, C)
-    s = None
+    cv: dict[int, int] = {}
     for _ in range(cfg.repeats):
         with phases("val_search"):
-            s = probe.scores(Q)
+            cv = probe.correct(Q, yq)
     with phases("train_search"):
-        st = probe.scores(X)
-    accuracy = {"val": {"top1": {"-": _topk_correct(s, yq, 1) / len(yq)},
-                        "top5": {"-": _topk_correct(s, yq, 5) / len(yq)}},
-                "train": {"top1": {"-": _topk_correct(st, y, 1) / len(y)},
-                          "top5": {"-": _topk_correct(st, y, 5) / len(y)}}}
+        ct = probe.correct(X, y)
+    accuracy = {"val": {"top1": {"-": cv[1] / len(yq)}, "top5": {"-": cv[5] / len(yq)}},
+                "train": {"top1": {"-": ct[1] / len(y)}, "top5": {"-": ct[5] / len(y)}}}
     return [{"cell": {"classifier": "linear", "index": None, "factory": None, "params": {}},
              "phases": phases.summary({"val_search": len(Q), "train_search": len(y)}),
              "index_bytes": int(probe.bytes), "accuracy": accuracy, "recall": {},

@@ -348,6 +348,15 @@ class VectorIndex:
         if self._placement is not None or self.ntotal or n <= 0:
             return
         idx = faiss.downcast_index(self._index)
+        if isinstance(idx, faiss.IndexHNSW):
+            # HNSW: its flat storage, and the neighbour table (2M slots a vector at
+            # level 0, M per upper level: about M/(M-1) more; 2% margin). Measured on
+            # 1.28 M x 384, HNSW32: the build peaked at 3.7 GB for a 2.2 GB index.
+            h = idx.hnsw
+            m = int(h.nb_neighbors(1))
+            h.neighbors.resize(int(n * (2 * m + m / max(m - 1, 1)) * 1.02))
+            h.neighbors.resize(0)
+            idx = faiss.downcast_index(idx.storage)
         if isinstance(idx, faiss.IndexFlatCodes) and getattr(idx.codes, "is_owned", True):
             idx.codes.resize(int(n) * int(idx.code_size))
             idx.codes.resize(0)
