@@ -344,3 +344,13 @@ def test_the_linear_probe_counts_chunk_by_chunk_like_a_plain_argsort():
     ref = {n: int((order[:, :n] == yq[:, None]).any(axis=1).sum()) for n in (1, 5)}
     assert probe.correct(Q, yq, chunk=7) == ref == probe.correct(Q, yq)
     assert ref[1] / 300 > 0.5  # trained
+
+
+def test_the_linear_probe_standardises_with_numpys_mean_and_std():
+    from faissclass.bench.linear import _mean_std
+
+    X = (np.random.default_rng(0).standard_normal((70_001, 7)) * 3 + 1).astype(np.float32)
+    X[:, 3] = 2.0  # a constant dimension: std floored, never a division by zero
+    m, s = _mean_std(X, chunk=4096)
+    np.testing.assert_allclose(m, X.mean(0, dtype=np.float64), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(s, np.maximum(X.std(0, dtype=np.float64), 1e-6), rtol=1e-5)

@@ -16,6 +16,21 @@ __all__ = ["LinearProbe"]
 _SKLEARN_MAX_ROWS = 200_000
 
 
+def _mean_std(X: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (float32, floored at 1e-6), accumulated in float64
+    chunk by chunk: ``X.std(dtype=float64)`` makes a float64 copy of X (3.9 GB for
+    1.28 M x 384)."""
+    n = max(len(X), 1)
+    mean = np.zeros(X.shape[1], np.float64)
+    for a in range(0, len(X), chunk):
+        mean += X[a:a + chunk].sum(axis=0, dtype=np.float64)
+    mean /= n
+    var = np.zeros(X.shape[1], np.float64)
+    for a in range(0, len(X), chunk):
+        var += ((X[a:a + chunk] - mean) ** 2).sum(axis=0)
+    return mean.astype(np.float32), np.maximum(np.sqrt(var / n), 1e-6).astype(np.float32)
+
+
 class LinearProbe:
     """``fit(X, y, n_classes)`` then ``scores(Q)`` (n, n_classes) logits."""
 
@@ -44,8 +59,7 @@ class LinearProbe:
         # linear evaluation does with a BatchNorm): unit-norm embeddings give logits
         # too small for Adam to fit in a few epochs otherwise. Standardised batch by
         # batch: no second copy of the train set (1.9 GB for 1.28 M x 384).
-        self._mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self._std = np.maximum(X.std(axis=0, dtype=np.float64), 1e-6).astype(np.float32)
+        self._mean, self._std = _mean_std(X)
         Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(dev)
         mean_t = torch.from_numpy(self._mean).to(dev)
         std_t = torch.from_numpy(self._std).to(dev)
