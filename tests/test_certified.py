@@ -218,3 +218,43 @@ def test_a_flat_index_self_join_with_a_precision(rng):
     l2.add(X)
     with pytest.raises(ValueError, match="applies to flat inner-product"):
         l2.self_knn(5, precision="bf16")
+
+
+def test_reduced_precision_reductions_beyond_their_bound_certify_nothing():
+    """A reviewer's reproducer: with bf16 reductions (cuBLAS's default) the
+    accumulation bound d·u/(1 − d·u) holds only for d·u < 1; at d = 384 it went
+    negative and wrong neighbours came back certified. Simulated on CPU."""
+    import torch
+
+    from faissclass.search import certified as C
+
+    rng = np.random.default_rng(7)
+    d = 384
+    b = rng.standard_normal(d).astype(np.float32)
+    b /= np.linalg.norm(b)
+    X = (b + 2e-3 * rng.standard_normal((2000, d))).astype(np.float32)
+    Q = X[:200] + 1e-3 * rng.standard_normal((200, d)).astype(np.float32)
+    assert C._Bound(X, torch.from_numpy(X).bfloat16(), "bf16", False).gamma == np.inf
+    orig = C._fp32_accumulation
+    C._fp32_accumulation = lambda dev, tdt: False
+    try:
+        got, stats = certified_search(X, Q, 10)
+    finally:
+        C._fp32_accumulation = orig
+    assert stats.certified == 0
+    assert_exact(got, exact_search(X, Q, 10), X, Q)
+
+
+def test_self_join_precision_follows_the_index_and_refuses_l2_everywhere(rng):
+    X = unit_rows(rng, 800, 16)
+    ip = fc.VectorIndex(16, params=fc.SearchParams(precision="bf16"))
+    ip.add(X)
+    ip.self_knn(5)
+    assert ip.last_certified is not None  # the index's own default precision
+    ip.self_knn(5, precision="fp32")
+    assert ip.last_certified is None
+    l2 = fc.VectorIndex(16, fc.IndexSpec(metric="l2"))
+    l2.add(X)
+    for p in ("auto", "bf16"):  # whatever the CPU: refused, as search() refuses it
+        with pytest.raises(ValueError, match="applies to flat inner-product"):
+            l2.self_knn(5, precision=p)

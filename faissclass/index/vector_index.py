@@ -531,10 +531,12 @@ class VectorIndex:
         if not self._flat_cpu():
             raise NotImplementedError(f"self_knn needs a flat index on CPU; this one is "
                                       f"{self.spec.factory_string(self.dim)!r} on {self.device}")
-        lowp = self._low_precision(SearchParams(precision=precision))
-        if lowp is not None and self.metric != "ip":
+        if precision is None:  # the index's default search settings, as search() does
+            precision = getattr(self.params, "precision", None)
+        if precision not in (None, "fp32") and self.metric != "ip":
             raise ValueError(f"precision={precision!r} applies to flat inner-product "
                              f"indexes; this one is {self.metric}")
+        lowp = self._low_precision(SearchParams(precision=precision))
         xb, ids = self._stored()
         self.last_certified = None
         if lowp is not None:

@@ -132,7 +132,9 @@ class _Bound:
         self.u = _U_OUT[precision]
         self.eta = _ETA_OUT[precision]
         u_acc = 2.0 ** -24 if fp32_acc else self.u
-        self.gamma = d * u_acc / (1 - d * u_acc)
+        # the accumulation bound holds for d·u < 1 only: beyond it (bf16 reductions
+        # from d = 256, fp16 from 2048) nothing can be certified, every query falls back
+        self.gamma = d * u_acc / (1 - d * u_acc) if d * u_acc < 1 else np.inf
         self.gamma32 = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)  # float32 dot products
 
     def __call__(self, q: np.ndarray, qt: Any, lowk: np.ndarray) -> np.ndarray:
