@@ -383,3 +383,25 @@ def test_a_save_refuses_a_target_that_became_foreign_while_writing(tmp_path, sma
     assert (tmp_path / "ix" / "precious.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
     assert atomic._host()
+
+
+def test_an_hnsw_build_reserves_its_storage_and_neighbour_table():
+    """Adding batch by batch grew FAISS's std::vectors by doubling and copying (a
+    1.28M x 384 HNSW32 build peaked at 3.7 GB for a 2.2 GB index): reserved up front,
+    neither the vectors nor the neighbour table move while the batches go in."""
+    import faiss
+
+    from faissclass.data.synthetic import clustered
+    from faissclass.topk import exact_search
+
+    X, _, Q = clustered(6000, 16, 30, noise=1.0, seed=4, n_queries=200)
+    index = fc.VectorIndex(16, fc.IndexSpec(kind="hnsw", M=16))
+    index._reserve_codes(len(X))
+    h = faiss.downcast_index(index._index)
+    storage = faiss.downcast_index(h.storage)
+    where = (h.hnsw.neighbors.data(), storage.codes.data())
+    for a in range(0, len(X), 1000):
+        index.add(X[a:a + 1000])
+    assert (h.hnsw.neighbors.data(), storage.codes.data()) == where
+    got = index.search(Q, 10, fc.SearchParams(ef_search=64))
+    assert fc.metrics.recall_at_k(got, exact_search(X, Q, 10), 10) > 0.9
