@@ -9,6 +9,7 @@ group exists; nothing here imports faiss.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Any
@@ -130,7 +131,16 @@ def init_from_env(backend: str | None = None, *, timeout_s: float = 600.0) -> bo
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    # Left to the interpreter's teardown, the group's C++ threads can outlive it and abort
+    # the process ("terminate called without an active exception") after a clean run.
+    atexit.register(_leave_group)
     return True
+
+
+def _leave_group() -> None:
+    tdist = sys.modules.get("torch.distributed")
+    if tdist is not None and tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def show_progress(progress: bool | None) -> bool:
