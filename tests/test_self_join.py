@@ -80,16 +80,39 @@ def test_exact_ties_are_ordered_by_id(rng, block):
     assert got.ids[10, 0] == 50 and got.ids[50, 0] == 10 and got.distances[10, 0] == 0
 
 
-def test_unsorted_ids_and_ties_by_id(rng):
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("block,threads", [(64, None), (37, 3), (300, 1)])
+def test_unsorted_ids_and_ties_by_id(rng, metric, block, threads):
+    """Rows are joined where they lie and equal scores ordered by the ids' ranks, in the
+    row direction and the column direction (blocks off the diagonal)."""
     X = rng.integers(-1, 2, (300, 3)).astype(np.float32)
     ids = rng.permutation(10_000)[:300].astype(np.int64)
-    got = self_knn(X, 10, "ip", ids=ids, block=64, progress=False)
-    ref = loo_reference(X, 10, "ip", ids=ids)
-    assert_same(got, ref, exact_ties=True)
+    for k in (1, 10, 40):
+        got = self_knn(X, k, metric, ids=ids, block=block, threads=threads, progress=False)
+        ref = loo_reference(X, k, metric, ids=ids)
+        assert_same(got, ref, exact_ties=True)
     with pytest.raises(ValueError, match="unique"):
         self_knn(X, 3, ids=np.zeros(300, np.int64), progress=False)
     with pytest.raises(ValueError, match="one id per row"):
         self_knn(X, 3, ids=np.arange(5), progress=False)
+
+
+def test_unsorted_ids_do_not_copy_the_vectors(rng):
+    """Memory: the heaps (n·k·8 bytes) and the result's ids (n·k·8; the distances are
+    the heaps' scores), never a permuted copy of the vectors or of the result."""
+    import tracemalloc
+
+    n, d, k = 20_000, 64, 10
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    ids = rng.permutation(n).astype(np.int64) * 7
+    self_knn(X[:50], 3, ids=ids[:50], progress=False)  # compiled outside the measure
+    tracemalloc.start()
+    got = self_knn(X, k, ids=ids, block=256, progress=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 * n * k * 8 + 8 * n + 3 * 8192 * k * 8 + 2**20, (peak, X.nbytes)
+    ref = exact_search(X, X[:100], k + 1, "ip", ids=ids)
+    np.testing.assert_array_equal(got.ids[:100], ref.ids[:, 1:])
 
 
 def test_k_at_or_above_n_is_padded_like_faiss(rng):

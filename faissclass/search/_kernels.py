@@ -3,7 +3,8 @@ certified low-precision search (numba).
 
 Imported only when one of them runs; compiled once and cached on disk by numba.
 Heaps hold a row's k best (score, position) pairs with the *worst* on top, so the
-top is the threshold a new score must beat; equal scores rank by smaller position.
+top is the threshold a new score must beat; equal scores rank by smaller position (the
+float32 self-join's heaps hold ranks in id order instead of positions).
 """
 
 import numpy as np
@@ -45,8 +46,9 @@ _SEG = 256  # columns per segment of the row pass
 
 
 @njit(nogil=True, cache=True)
-def rows(S, r0, c0, hv, hi, k, scale, colbias, diag, ra, rb):
-    # Rows ra..rb of S (heap rows r0 + r) see the columns (positions c0 + c). Per
+def rows(S, r0, c0, hv, hi, rank, k, scale, colbias, diag, ra, rb):
+    # Rows ra..rb of S (heap rows r0 + r) see the columns (positions c0 + c; the heaps
+    # hold their ranks rank[c0 + c], by which equal scores are ordered). Per
     # segment of a row, a branch-free (vectorised) count of scores >= the row's threshold
     # comes first; only a segment with one goes through the exact (score, position) test.
     nc = S.shape[1]
@@ -68,15 +70,16 @@ def rows(S, r0, c0, hv, hi, k, scale, colbias, diag, ra, rb):
                 continue
             for c in range(b - a):
                 s = scale * seg[c] - cb[c]
-                if s >= top and a + c != own and (s > top or c0 + a + c < topi):
-                    _replace_top(v, ii, k, s, c0 + a + c)
+                if s >= top and a + c != own and (s > top or rank[c0 + a + c] < topi):
+                    _replace_top(v, ii, k, s, rank[c0 + a + c])
                     top = v[0]
                     topi = ii[0]
 
 
 @njit(nogil=True, cache=True)
-def cols(S, r0, c0, hv, hi, k, scale, rowbias, chunk, ca, cb):
-    # Columns ca..cb of S (heap rows c0 + c) see the rows of S (positions r0 + r): each
+def cols(S, r0, c0, hv, hi, rank, k, scale, rowbias, chunk, ca, cb):
+    # Columns ca..cb of S (heap rows c0 + c) see the rows of S (positions r0 + r, held
+    # as their ranks rank[r0 + r]): each
     # chunk of columns walks S row by row (contiguous), the chunk's thresholds in a small
     # array; a branch-free count per row first, the exact test only for a row with a hit.
     nr = S.shape[0]
@@ -96,10 +99,11 @@ def cols(S, r0, c0, hv, hi, k, scale, rowbias, chunk, ca, cb):
                 hits += scale * row[c] - bias >= tops[c]
             if hits == 0:
                 continue
+            rr = rank[r0 + r]
             for c in range(w):
                 s = scale * row[c] - bias
-                if s >= tops[c] and (s > tops[c] or r0 + r < topis[c]):
-                    _replace_top(hv[c0 + a + c], hi[c0 + a + c], k, s, r0 + r)
+                if s >= tops[c] and (s > tops[c] or rr < topis[c]):
+                    _replace_top(hv[c0 + a + c], hi[c0 + a + c], k, s, rr)
                     tops[c] = hv[c0 + a + c, 0]
                     topis[c] = hi[c0 + a + c, 0]
 

@@ -71,7 +71,10 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
     Parameters
     ----------
     vectors : array_like, shape (n, d), finite floats, or a VectorSource (a store)
-        Loaded as float32 (a store is read whole: memory n·d·4 bytes).
+        Loaded as float32 (a store is read whole: memory n·d·4 bytes); a float32
+        C-contiguous array is joined where it lies, not copied, whatever the ids' order.
+        Memory beyond it: the heaps and the result's ids, n·k·16 bytes (the result's
+        distances are the heaps' scores), and one (block, block) product.
     k : int
         Neighbours per vector; beyond n - 1 the result is padded like FAISS (id -1).
     metric : {"ip", "l2"}
@@ -99,14 +102,18 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
     block = check_int(block, "block")
     nthreads = _threads(threads)
     metric = check_metric(metric)
-    X, idv, order = _prepare(vectors, ids)
+    X, idv = _load_checked(vectors, ids)
     n = X.shape[0]
+    pdt = np.int32 if n < 2**31 - 1 else np.int64
+    # The kernels order equal scores by what the heaps hold: each row's rank in id order
+    # (X is joined as it lies; permuting it to id order would copy it).
+    rank, sids = _ranks(idv, pdt)
     kern = _kernels()
     kk = max(0, min(k, n - 1))
-    # heaps: scores, and positions with n as "none yet" (int32 while n fits: 4 bytes less
+    # heaps: scores, and ranks with n as "none yet" (int32 while n fits: 4 bytes less
     # per entry; the heaps are the self-join's memory, n·k·8 bytes)
     hv = np.full((n, max(kk, 1)), -np.inf, np.float32)
-    hi = np.full((n, max(kk, 1)), n, np.int32 if n < 2**31 - 1 else np.int64)
+    hi = np.full((n, max(kk, 1)), n, pdt)
     norms = (X * X).sum(1, dtype=np.float32) if metric == "l2" else None
     if kk > 0:
         if metric == "ip":
@@ -119,19 +126,22 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
             for a0, c0, S in _products(X, block, buf, _matmul):
                 # Rows of block I and rows of block J are different heaps: each worker
                 # takes a share of both directions.
-                run(_pair_work(kern, S, a0, c0, hv, hi, kk, scale, bias, a0 == c0))
+                run(_pair_work(kern, S, a0, c0, hv, hi, rank, kk, scale, bias, a0 == c0))
                 bar.update(1)
             run(lambda t, nt: kern.finish(hv, hi, kk, *_share(n, t, nt)))
-    dist = np.empty((n, k), np.float32)
+        del buf
+    # The heaps' scores become the distances in place where k fits (no second n·k copy).
+    dist = hv if kk == k and k > 0 else np.empty((n, k), np.float32)
     out_ids = np.empty((n, k), np.int64)
-    for a in range(0, n, 65_536):  # to ids and distances in chunks (bounded temporaries)
-        b = min(a + 65_536, n)
-        pos = hi[a:b, :kk].astype(np.int64)
+    for a in range(0, n, 8192):  # to ids and distances in chunks (bounded temporaries)
+        b = min(a + 8192, n)
+        pos = hi[a:b, :kk]
         none = pos >= n  # never filled (a score that was NaN): padding, not a neighbour
-        ids_ab = np.where(none, -1, idv[np.minimum(pos, max(n - 1, 0))])
-        d = hv[a:b, :kk].copy()
+        ids_ab = sids[np.minimum(pos, max(n - 1, 0))]
+        ids_ab[none] = -1
+        d = dist[a:b, :kk] if dist is hv else hv[a:b, :kk].copy()
         if metric == "l2":  # back to squared distances: |x|^2 + |y|^2 - 2 x.y
-            d = norms[a:b, None] - d
+            np.subtract(norms[a:b, None], d, out=d)
             np.maximum(d, 0, out=d)
             # rounding can make different rank scores equal distances: keep equal
             # distances in id order
@@ -140,17 +150,16 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
                 o = np.lexsort((ids_ab[r], d[r]))
                 d[r], ids_ab[r] = d[r, o], ids_ab[r, o]
         d[none] = pad_value(metric)
-        dist[a:b, :kk], out_ids[a:b, :kk] = d, ids_ab
+        out_ids[a:b, :kk] = ids_ab
+        if dist is not hv:
+            dist[a:b, :kk] = d
     dist[:, kk:] = pad_value(metric)
     out_ids[:, kk:] = -1
-    return _unpermute(SearchResult(dist, out_ids), order)
+    return SearchResult(dist, out_ids)
 
 
-def _prepare(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(X float32 (n, d) C-contiguous, ids (n,), the permutation to id order or None).
-
-    Ties go to the smaller id and the kernels compare positions: the joins work in id
-    order, and :func:`_unpermute` puts the result back in the caller's row order."""
+def _load_checked(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(X float32 (n, d) C-contiguous — the caller's array where it is one —, ids (n,))."""
     if hasattr(vectors, "iter_batches") and not isinstance(vectors, np.ndarray):
         X, idv = _load(vectors)
         if ids is not None:
@@ -162,6 +171,31 @@ def _prepare(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray
     n = X.shape[0]
     if idv.shape != (n,):
         raise ValueError(f"ids must have one id per row ({n}); got shape {idv.shape}")
+    return np.ascontiguousarray(X, dtype=np.float32), idv
+
+
+def _ranks(idv: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each row's id among the ids, the ids sorted); unique ids or ValueError."""
+    n = idv.size
+    if n < 2 or bool(np.all(idv[1:] > idv[:-1])):
+        return np.arange(n, dtype=dtype), idv
+    order = np.argsort(idv, kind="stable")
+    sids = idv[order]
+    if np.any(sids[1:] == sids[:-1]):
+        raise ValueError("ids must be unique")
+    rank = np.empty(n, dtype)
+    rank[order] = np.arange(n, dtype=dtype)
+    return rank, sids
+
+
+def _prepare(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(X float32 (n, d) C-contiguous, ids (n,), the permutation to id order or None).
+
+    Ties go to the smaller id and the low-precision kernels compare positions: the
+    certified join works in id order, and :func:`_unpermute` puts the result back in the
+    caller's row order."""
+    X, idv = _load_checked(vectors, ids)
+    n = X.shape[0]
     order = None
     if n > 1 and not bool(np.all(idv[1:] > idv[:-1])):
         order = np.argsort(idv, kind="stable")
@@ -217,14 +251,15 @@ def _share(m: int, t: int, nt: int, align: int = 1) -> tuple[int, int]:
 
 
 def _pair_work(kern: Any, S: np.ndarray, a0: int, c0: int, hv: np.ndarray,
-               hi: np.ndarray, k: int, scale: Any, bias: np.ndarray, diag: bool) -> Any:
+               hi: np.ndarray, rank: np.ndarray, k: int, scale: Any, bias: np.ndarray,
+               diag: bool) -> Any:
     nr, nc = S.shape
     colbias, rowbias = bias[c0:c0 + nc], bias[a0:a0 + nr]
 
     def work(t: int, nt: int) -> None:
-        kern.rows(S, a0, c0, hv, hi, k, scale, colbias, diag, *_share(nr, t, nt))
+        kern.rows(S, a0, c0, hv, hi, rank, k, scale, colbias, diag, *_share(nr, t, nt))
         if not diag:
-            kern.cols(S, a0, c0, hv, hi, k, scale, rowbias, _CHUNK,
+            kern.cols(S, a0, c0, hv, hi, rank, k, scale, rowbias, _CHUNK,
                       *_share(nc, t, nt, _CHUNK))
     return work
 
