@@ -160,7 +160,8 @@ def test_the_suite_records_every_cell_resumes_and_reports(tmp_path):
         assert set(r["phases"]) >= {"index_train", "index_add", "val_search", "vote",
                                     "train_search"}
         assert len(r["phases"]["val_search"]["all_seconds"]) == 2
-        assert r["phases"]["val_search"]["peak_rss_bytes"] > 0
+        vs = r["phases"]["val_search"]
+        assert 0 < vs["start_rss_bytes"] <= vs["peak_rss_bytes"]
         assert r["index_bytes"] > 0 and r["provenance"]["cpu"]
         assert r["config"]["name"] == "t"
     flat = next(r for r in knn if r["cell"]["index"] == "flat")
@@ -195,6 +196,23 @@ def test_the_suite_records_every_cell_resumes_and_reports(tmp_path):
     assert {p.name for p in rep["plots"]} == {"time_per_phase.png", "top1_vs_k.png",
                                              "recall_vs_qps.png"}
     assert all(p.stat().st_size > 5000 for p in rep["plots"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_a_phase_records_its_own_growth_apart_from_what_came_before():
+    from faissclass.bench.probes import Phases
+
+    ph = Phases()
+    held = np.ones(48 * 2**20 // 8)  # 48 MiB held from before: not the next phases' own
+    with ph("grows"):
+        grown = np.ones(64 * 2**20 // 8)  # 64 MiB touched inside the phase
+    del grown
+    with ph("still"):
+        pass
+    g, st = ph.summary()["grows"], ph.summary()["still"]
+    assert g["peak_rss_bytes"] - g["start_rss_bytes"] >= 60 * 2**20
+    assert st["peak_rss_bytes"] - st["start_rss_bytes"] < 16 * 2**20
+    assert st["start_rss_bytes"] >= held.nbytes
 
 
 def test_a_changed_config_makes_new_cells(tmp_path):

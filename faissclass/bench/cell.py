@@ -154,6 +154,7 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
             _vote_correct(res.distances, codes, yq, C, knn, metric, val_correct)
         accuracy: dict[str, Any] = {"val": _accuracy(val_correct, len(yq))}
         recall = _val_recall(res, ix, device, reference_dir, kmax, knn.ks)
+        res = codes = None  # not held through the train search (queries x kmax each)
         if ix.loo_for(params):
             accuracy["train"], n_queries = _loo(index, sp, train, label_of, ix, knn, C, kmax,
                                                 metric, phases, cfg)

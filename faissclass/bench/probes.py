@@ -93,11 +93,17 @@ class Phases:
 
     def _entry(self, name: str) -> dict[str, Any]:
         return self.data.setdefault(name, {"all_seconds": [], "peak_rss_bytes": None,
+                                           "start_rss_bytes": None,
                                            "gpu_peak_bytes": None})
 
     def begin(self, name: str) -> float:
-        self._entry(name)
+        e = self._entry(name)
         reset_peak_rss()
+        try:  # what the process held already: the phase's own growth is peak - start
+            rss = vm_bytes("VmRSS")
+            e["start_rss_bytes"] = min(e["start_rss_bytes"] or rss, rss)
+        except (OSError, KeyError):
+            pass
         synchronize()
         return time.perf_counter()
 
@@ -133,8 +139,9 @@ class Phases:
         return _Ctx()
 
     def summary(self, items: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
-        """{phase: {seconds (median), all_seconds, peak_rss_bytes, gpu_peak_bytes,
-        items_per_s}}; ``items`` gives a phase's item count for a rate."""
+        """{phase: {seconds (median), all_seconds, peak_rss_bytes, start_rss_bytes (RSS
+        as it began, the smallest over repeats), gpu_peak_bytes, items_per_s}};
+        ``items`` gives a phase's item count for a rate."""
         out = {}
         for name, e in self.data.items():
             if not e["all_seconds"]:
@@ -143,6 +150,7 @@ class Phases:
             n = (items or {}).get(name)
             out[name] = {"seconds": sec, "all_seconds": e["all_seconds"],
                          "peak_rss_bytes": e["peak_rss_bytes"],
+                         "start_rss_bytes": e["start_rss_bytes"],
                          "gpu_peak_bytes": e["gpu_peak_bytes"],
                          "items_per_s": (n / sec) if n and sec > 0 else None}
         return out

@@ -29,6 +29,7 @@ SCHEMA_VERSION = "faissclass.bench/1"
 _PHASE = {"type": "object", "required": ["seconds"], "properties": {
     "seconds": {"type": "number"}, "all_seconds": {"type": "array", "items": {"type": "number"}},
     "peak_rss_bytes": {"type": ["integer", "null"]},
+    "start_rss_bytes": {"type": ["integer", "null"]},
     "gpu_peak_bytes": {"type": ["integer", "null"]},
     "items_per_s": {"type": ["number", "null"]}}}
 

@@ -67,6 +67,12 @@ def _mb(v: int | None) -> str:
     return "–" if not v else f"{v / 2**20:,.0f}"
 
 
+def _grown(phase: dict[str, Any]) -> int | None:
+    """Peak RSS over the RSS the phase began with (records before it have no start)."""
+    peak, start = phase.get("peak_rss_bytes"), phase.get("start_rss_bytes")
+    return None if peak is None or start is None else max(0, peak - start)
+
+
 def _main_k(rec: dict[str, Any]) -> str | None:
     ks = [int(k) for k in rec.get("accuracy", {}).get("val", {}).get("top1", {})
           if k.lstrip("-").isdigit()]
@@ -175,6 +181,7 @@ def render_report(records: list[dict[str, Any]], out_dir: str | Path, *,
                 mem_rows.append({"dataset": dataset, "device": device, "method": method,
                                  "phase": name, "seconds": _fmt_s(p["seconds"]),
                                  "peak RSS MB": _mb(p.get("peak_rss_bytes")),
+                                 "phase's own RSS MB": _mb(_grown(p)),
                                  "GPU MB": _mb(p.get("gpu_peak_bytes"))})
     tables = {
         "main": markdown_table(main_rows),
