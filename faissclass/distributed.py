@@ -133,14 +133,23 @@ def init_from_env(backend: str | None = None, *, timeout_s: float = 600.0) -> bo
     tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     # Left to the interpreter's teardown, the group's C++ threads can outlive it and abort
     # the process ("terminate called without an active exception") after a clean run.
-    atexit.register(_leave_group)
+    atexit.register(_leave_group, os.getpid())
     return True
 
 
-def _leave_group() -> None:
+def _leave_group(pid: int) -> None:
+    """Destroy the group at a clean exit of the process that joined it, on gloo.
+
+    Not in a fork's child (it has the handler but not the group's threads: destroy
+    blocks), not after an uncaught exception (a rank may have collectives pending, which
+    a graceful destroy waits out, up to the timeout), not on NCCL (its graceful teardown
+    can wait on peers): there the process ends as torch leaves it."""
+    if os.getpid() != pid or hasattr(sys, "last_value"):
+        return
     tdist = sys.modules.get("torch.distributed")
-    if tdist is not None and tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
+    if tdist is None or not tdist.is_initialized() or tdist.get_backend() != "gloo":
+        return
+    tdist.destroy_process_group()
 
 
 def show_progress(progress: bool | None) -> bool:

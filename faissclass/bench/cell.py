@@ -142,6 +142,7 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
             index.search(Q[: min(len(Q), 2048)], kmax, sp)
         res = None
         for _ in range(cfg.repeats):
+            res = None  # the last repeat's result is not held through the next
             with phases("val_search"):
                 res = index.search(Q, kmax, sp, batch_size=cfg.batch_size)
         if res is None:  # a rank other than 0 of a sharded cell: join the searches only

@@ -114,7 +114,7 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
     # per entry; the heaps are the self-join's memory, n·k·8 bytes)
     hv = np.full((n, max(kk, 1)), -np.inf, np.float32)
     hi = np.full((n, max(kk, 1)), n, pdt)
-    norms = (X * X).sum(1, dtype=np.float32) if metric == "l2" else None
+    norms = _sq_norms(X) if metric == "l2" else None
     if kk > 0:
         if metric == "ip":
             scale, bias = np.float32(1), np.zeros(n, np.float32)
@@ -156,6 +156,15 @@ def self_knn(vectors: Any, k: int, metric: Metric = "ip", *, ids: Any = None,
     dist[:, kk:] = pad_value(metric)
     out_ids[:, kk:] = -1
     return SearchResult(dist, out_ids)
+
+
+def _sq_norms(X: np.ndarray) -> np.ndarray:
+    """Each row's squared norm in float32, in chunks (no temporary the size of X)."""
+    out = np.empty(X.shape[0], np.float32)
+    for a in range(0, X.shape[0], 8192):
+        x = X[a:a + 8192]
+        out[a:a + 8192] = (x * x).sum(1, dtype=np.float32)
+    return out
 
 
 def _load_checked(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray]:
