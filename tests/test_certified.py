@@ -167,9 +167,11 @@ def test_certified_self_join_equals_leave_one_out_search(block, threads):
         assert stats.rate > 0.9, stats  # well-separated data: the proof goes through
 
 
-def test_certified_self_join_near_ties_fall_back_and_stay_exact(rng):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_certified_self_join_near_ties_fall_back_and_stay_exact(rng, shuffled):
     """300 vectors whose scores against a probe row differ by 1e-5: the probe rows'
-    10th place cannot be certified in bf16; they fall back to float32, exactly."""
+    10th place cannot be certified in bf16; they fall back to float32, exactly (with
+    ids in any order: the rows are joined where they lie)."""
     d = 32
     base = unit_rows(rng, 1500, d) * 0.1
     near = np.zeros((300, d), np.float32)
@@ -179,9 +181,20 @@ def test_certified_self_join_near_ties_fall_back_and_stay_exact(rng):
     probes[:, 0] = 1
     probes[:, 1] = np.arange(4) * 1e-3
     X = np.concatenate([base, near, probes])
-    got, stats = certified_self_knn(X, 10, candidates=40, block=512, progress=False)
+    ids = rng.permutation(len(X)) * 3 + 1 if shuffled else None
+    got, stats = certified_self_knn(X, 10, candidates=40, block=512, ids=ids,
+                                    progress=False)
     assert stats.fallback >= 4, stats
-    assert_exact(got, _loo(X, 10), X, X)
+    ref = _loo(X, 10, ids)
+    if ids is None:
+        assert_exact(got, ref, X, X)
+    else:  # rows of got are X's rows; their neighbours are ids
+        to_row = np.argsort(ids)
+        np.testing.assert_allclose(got.distances, ref.distances, rtol=1e-6, atol=1e-6)
+        bad = np.flatnonzero((got.ids != ref.ids).any(axis=1))
+        for r in bad:  # only swaps of equal float32 scores: each neighbour's true score
+            true = X[to_row[(got.ids[r] - 1) // 3]].astype(np.float64) @ X[r]
+            np.testing.assert_allclose(true, ref.distances[r], rtol=1e-6, atol=1e-6)
 
 
 def test_certified_self_join_ties_ids_and_small_sets(rng):

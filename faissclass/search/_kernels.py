@@ -4,7 +4,9 @@ certified low-precision search (numba).
 Imported only when one of them runs; compiled once and cached on disk by numba.
 Heaps hold a row's k best (score, position) pairs with the *worst* on top, so the
 top is the threshold a new score must beat; equal scores rank by smaller position (the
-float32 self-join's heaps hold ranks in id order instead of positions).
+float32 self-join's heaps hold ranks in id order instead of positions; the low-precision
+kernels keep positions: which of equal keys stays a candidate does not change a
+certificate, and the float32 re-rank orders ties by id).
 """
 
 import numpy as np

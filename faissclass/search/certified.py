@@ -40,11 +40,11 @@ from .self_join import (
     DEFAULT_BLOCK,
     _bar,
     _kernels,
-    _prepare,
+    _load_checked,
     _products,
+    _ranks,
     _share,
     _threads,
-    _unpermute,
     _Workers,
     self_knn,
 )
@@ -369,6 +369,8 @@ def certified_self_knn(vectors: Any, k: int, *, precision: str = "bf16",
     Parameters
     ----------
     vectors : array_like, shape (n, d), finite floats, or a VectorSource
+        A float32 C-contiguous array is joined where it lies (not copied, whatever the
+        ids' order); its low-precision copy takes n·d·2 bytes, the heaps n·k'·8.
     k : int
     precision : {"bf16", "fp16"}
     candidates : int, optional
@@ -391,16 +393,18 @@ def certified_self_knn(vectors: Any, k: int, *, precision: str = "bf16",
     k = check_int(k, "k")
     block = check_int(block, "block")
     nthreads = _threads(threads)
-    X, idv, order = _prepare(vectors, ids)
+    # The rows are joined where they lie: equal low-precision keys keep candidates by
+    # position (a certificate holds whichever of them stays), the re-rank orders ties by id.
+    X, idv = _load_checked(vectors, ids)
     n = X.shape[0]
+    _ranks(idv, np.int64)  # unique ids, or ValueError
     kk = max(0, min(k, n - 1))
     kc = check_int(2 * kk + 8 if candidates is None else candidates, "candidates")
     kc = min(max(kc, kk), n - 1)
     if kk == 0 or kc >= n - 1:  # every other vector is a candidate: plain float32
         res = self_knn(X, k, "ip", ids=idv, block=block, threads=threads, progress=progress)
-        return (_unpermute(res, order),
-                CertifiedStats(queries=n, certified=n, fallback=0, candidates=n - 1,
-                               precision=precision))
+        return res, CertifiedStats(queries=n, certified=n, fallback=0, candidates=n - 1,
+                                   precision=precision)
     kern = _kernels()
     tdt = torch.bfloat16 if precision == "bf16" else torch.float16
     Xt = torch.from_numpy(X).to(tdt)
@@ -440,7 +444,7 @@ def certified_self_knn(vectors: Any, k: int, *, precision: str = "bf16",
     out[:, kk:] = -1
     stats = CertifiedStats(queries=n, certified=certified, fallback=n - certified,
                            candidates=kc, precision=precision)
-    return _unpermute(SearchResult(dist, out), order), stats
+    return SearchResult(dist, out), stats
 
 
 def _lowp_pair(kern: Any, S16: np.ndarray, a0: int, c0: int, hk: np.ndarray,
@@ -460,11 +464,11 @@ def _lowp_pair(kern: Any, S16: np.ndarray, a0: int, c0: int, hk: np.ndarray,
 def _loo_exact(X: np.ndarray, idv: np.ndarray, rows: np.ndarray, k: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Rows' k nearest other rows by a float32 exact search (k + 1, then each row's
-    own position removed — or the last, where the row is not among its k + 1)."""
-    ref = exact_search(X, X[rows], k + 1, "ip")  # ids = positions (id order)
-    own = ref.ids == rows[:, None]
+    own id removed — or the last, where the row is not among its k + 1)."""
+    ref = exact_search(X, X[rows], k + 1, "ip", ids=idv)  # equal scores by smaller id
+    own = ref.ids == idv[rows][:, None]
     drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
     keep = np.ones(own.shape, bool)
     keep[np.arange(rows.size), drop] = False
-    pos = ref.ids[keep].reshape(rows.size, k)
-    return ref.distances[keep].reshape(rows.size, k), idv[pos]
+    return (ref.distances[keep].reshape(rows.size, k),
+            ref.ids[keep].reshape(rows.size, k))

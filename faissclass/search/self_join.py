@@ -197,31 +197,6 @@ def _ranks(idv: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     return rank, sids
 
 
-def _prepare(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(X float32 (n, d) C-contiguous, ids (n,), the permutation to id order or None).
-
-    Ties go to the smaller id and the low-precision kernels compare positions: the
-    certified join works in id order, and :func:`_unpermute` puts the result back in the
-    caller's row order."""
-    X, idv = _load_checked(vectors, ids)
-    n = X.shape[0]
-    order = None
-    if n > 1 and not bool(np.all(idv[1:] > idv[:-1])):
-        order = np.argsort(idv, kind="stable")
-        if np.any(idv[order][1:] == idv[order][:-1]):
-            raise ValueError("ids must be unique")
-        X, idv = X[order], idv[order]
-    return np.ascontiguousarray(X, dtype=np.float32), idv, order
-
-
-def _unpermute(res: SearchResult, order: np.ndarray | None) -> SearchResult:
-    if order is None:
-        return res
-    inv = np.empty_like(order)
-    inv[order] = np.arange(order.size)
-    return SearchResult(res.distances[inv], res.ids[inv])
-
-
 def _bar(n: int, block: int, progress: bool | None) -> Any:
     from tqdm.auto import tqdm
 
