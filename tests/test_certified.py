@@ -271,3 +271,20 @@ def test_self_join_precision_follows_the_index_and_refuses_l2_everywhere(rng):
     for p in ("auto", "bf16"):  # whatever the CPU: refused, as search() refuses it
         with pytest.raises(ValueError, match="applies to flat inner-product"):
             l2.self_knn(5, precision=p)
+
+
+
+def test_read_only_vectors_are_searched_without_a_warning(rng):
+    """A read-only array (a memory map, a view of an index) is only read: no torch
+    warning about writing to it, and the results of a writable copy."""
+    import warnings
+
+    X = unit_rows(rng, 400, 16)
+    X.setflags(write=False)
+    ids = rng.permutation(400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, _ = certified_self_knn(X, 5, ids=ids, progress=False)
+        res, _ = certified_search(X, X[:20], 5, ids=ids)
+    assert_exact(got, _loo(X, 5, ids), X, X, ids=ids)
+    assert_exact(res, exact_search(X, X[:20], 5, ids=ids), X, X[:20], ids=ids)

@@ -231,6 +231,17 @@ def _candidates_cpu(kern: Any, run: Any, qt: Any, Xt: Any, kc: int, db_block: in
     return hp.astype(np.int64), _key_values(hk[:, -1], precision).astype(np.float64)
 
 
+def _tensor(a: np.ndarray) -> Any:
+    """torch.from_numpy, quiet about read-only arrays (only copies of them are made)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 def _key_values(keys: np.ndarray, precision: str) -> np.ndarray:
     """Order keys (see ``_kernels._key``) back to the numbers, as float32."""
     u = np.where(keys >= 0x8000, keys ^ 0x8000, 0xFFFF - keys).astype(np.uint16)
@@ -313,7 +324,7 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
     db_block = check_int(db_block, "db_block")
     tdt = torch.bfloat16 if precision == "bf16" else torch.float16
     dev = torch.device(device)
-    Xt = torch.from_numpy(X).to(dev).to(tdt)
+    Xt = _tensor(X).to(dev).to(tdt)
     bound = _Bound(X, Xt, precision, _fp32_accumulation(dev, tdt))
     dist = np.empty((nq, kk), np.float32)
     out = np.empty((nq, kk), np.int64)
@@ -325,7 +336,7 @@ def certified_search(database: Any, queries: Any, k: int, *, precision: str = "b
     with _Workers(nthreads if kern is not None else 1) as workers:
         for a in range(0, nq, query_block):
             q = Q[a:a + query_block]
-            qt = torch.from_numpy(q).to(dev).to(tdt)
+            qt = _tensor(q).to(dev).to(tdt)
             if kern is not None:
                 cand, lowk = _candidates_cpu(kern, workers, qt, Xt, kc, db_block, precision)
             else:
@@ -407,7 +418,7 @@ def certified_self_knn(vectors: Any, k: int, *, precision: str = "bf16",
                                    precision=precision)
     kern = _kernels()
     tdt = torch.bfloat16 if precision == "bf16" else torch.float16
-    Xt = torch.from_numpy(X).to(tdt)
+    Xt = _tensor(X).to(tdt)
     hk = np.full((n, kc), -1, np.int32)  # order keys; -1 is below every key
     hp = np.full((n, kc), n, np.int32 if n < 2**31 - 1 else np.int64)
     block = min(block, n)
