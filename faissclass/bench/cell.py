@@ -157,8 +157,10 @@ def run_knn(cfg: RunConfig, ix: IndexConfig, device: str, train: EmbeddingStore,
         recall = _val_recall(res, ix, device, reference_dir, kmax, knn.ks)
         res = codes = None  # not held through the train search (queries x kmax each)
         if ix.loo_for(params):
+            Q = None  # nor the queries: read again after it
             accuracy["train"], n_queries = _loo(index, sp, train, label_of, ix, knn, C, kmax,
                                                 metric, phases, cfg)
+            Q = val.load()[0]
         else:
             n_queries = 0
         extra: dict[str, Any] = {"sharded": {"ranks": len(index.shard_rows),
