@@ -39,10 +39,10 @@ from ..topk import SearchResult, _select, exact_search, pad_value
 from .self_join import (
     DEFAULT_BLOCK,
     _bar,
+    _id_order,
     _kernels,
     _load_checked,
     _products,
-    _ranks,
     _share,
     _threads,
     _Workers,
@@ -408,7 +408,7 @@ def certified_self_knn(vectors: Any, k: int, *, precision: str = "bf16",
     # position (a certificate holds whichever of them stays), the re-rank orders ties by id.
     X, idv = _load_checked(vectors, ids)
     n = X.shape[0]
-    _ranks(idv, np.int64)  # unique ids, or ValueError
+    _id_order(idv)  # unique ids, or ValueError
     kk = max(0, min(k, n - 1))
     kc = check_int(2 * kk + 8 if candidates is None else candidates, "candidates")
     kc = min(max(kc, kk), n - 1)

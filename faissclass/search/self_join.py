@@ -183,18 +183,27 @@ def _load_checked(vectors: Any, ids: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(X, dtype=np.float32), idv
 
 
-def _ranks(idv: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(rank of each row's id among the ids, the ids sorted); unique ids or ValueError."""
-    n = idv.size
-    if n < 2 or bool(np.all(idv[1:] > idv[:-1])):
-        return np.arange(n, dtype=dtype), idv
+def _id_order(idv: np.ndarray) -> np.ndarray | None:
+    """The permutation that sorts the ids (None where they are sorted already); unique
+    ids or ValueError."""
+    if idv.size < 2 or bool(np.all(idv[1:] > idv[:-1])):
+        return None
     order = np.argsort(idv, kind="stable")
     sids = idv[order]
     if np.any(sids[1:] == sids[:-1]):
         raise ValueError("ids must be unique")
+    return order
+
+
+def _ranks(idv: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each row's id among the ids, the ids sorted); unique ids or ValueError."""
+    n = idv.size
+    order = _id_order(idv)
+    if order is None:
+        return np.arange(n, dtype=dtype), idv
     rank = np.empty(n, dtype)
     rank[order] = np.arange(n, dtype=dtype)
-    return rank, sids
+    return rank, idv[order]
 
 
 def _bar(n: int, block: int, progress: bool | None) -> Any:
